@@ -1,0 +1,114 @@
+"""Temporal latent dropout (SPEC step 3): once the motion is laid out, keep every K-th latent frame and the last.
+
+Everything indexed by latent frame must be thinned with the same indices at the same step: the noisy latent, the
+I2V condition (mask + image latent), the TI2V first-frame mask, and a multistep scheduler's stored history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+
+HistoryMode = Literal["slice", "reset"]
+PositionMode = Literal["contiguous", "original"]
+HISTORY_MODES: tuple[str, ...] = ("slice", "reset")
+POSITION_MODES: tuple[str, ...] = ("contiguous", "original")
+
+
+def kept_frame_indices(num_frames: int, stride: int) -> list[int]:
+    """Latent frames that survive dropout: {0, K, 2K, ...} plus always the last one, F - 1."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
+    kept = list(range(0, num_frames, stride))
+    if kept[-1] != num_frames - 1:
+        kept.append(num_frames - 1)
+    return kept
+
+
+def dropout_step(timesteps: Sequence[float] | torch.Tensor, threshold_timestep: float) -> int | None:
+    """Index of the first step whose timestep falls below the threshold, or None if no step does."""
+    for index, timestep in enumerate(timesteps):
+        if float(timestep) < threshold_timestep:
+            return index
+    return None
+
+
+def slice_frames(tensor: torch.Tensor, kept: Sequence[int], num_frames: int, dim: int = 2) -> torch.Tensor:
+    """Keep `kept` along the frame axis; a tensor that broadcasts over frames (size 1 there) passes unchanged."""
+    if tensor.shape[dim] == num_frames:
+        return tensor.index_select(dim, torch.as_tensor(list(kept), device=tensor.device))
+    if tensor.shape[dim] == 1:
+        return tensor
+    raise ValueError(f"expected {num_frames} or 1 frames on dim {dim}, got shape {tuple(tensor.shape)}")
+
+
+def slice_scheduler_history(scheduler, kept: Sequence[int], num_frames: int) -> list[str]:
+    """Thin every stored video tensor of a multistep scheduler in place; return the attributes touched.
+
+    UniPC keeps `model_outputs` and `last_sample`, DPM-Solver `model_outputs`; a first-order scheduler such as
+    flow-matching Euler keeps none, so this is a no-op there.
+    """
+    touched = []
+    for name, value in vars(scheduler).items():
+        if _is_video(value, num_frames):
+            setattr(scheduler, name, slice_frames(value, kept, num_frames))
+            touched.append(name)
+        elif isinstance(value, list) and any(_is_video(item, num_frames) for item in value):
+            setattr(scheduler, name, [_slice_if_video(item, kept, num_frames) for item in value])
+            touched.append(name)
+    return touched
+
+
+def reset_scheduler_history(scheduler) -> None:
+    """Forget a multistep scheduler's history so its next step is first order (the alternative to slicing)."""
+    if isinstance(getattr(scheduler, "model_outputs", None), list):
+        scheduler.model_outputs = [None] * len(scheduler.model_outputs)
+    if hasattr(scheduler, "lower_order_nums"):
+        scheduler.lower_order_nums = 0
+    if hasattr(scheduler, "last_sample"):
+        scheduler.last_sample = None
+
+
+@contextlib.contextmanager
+def original_positions(transformers: Sequence[torch.nn.Module], kept: Sequence[int], num_frames: int) -> Iterator:
+    """Give the kept frames the temporal RoPE positions they had before dropout instead of contiguous ones.
+
+    diffusers' Wan RoPE is computed from the (shorter) latent grid, which renumbers the kept frames 0, 1, 2, ...;
+    this hooks each transformer's `rope` to compute the full grid and pick the kept frames' rows.
+    """
+    index = torch.as_tensor(list(kept))
+
+    def hook(module, args, output):
+        hidden_states = args[0]
+        batch, channels, frames, height, width = hidden_states.shape
+        if frames // module.patch_size[0] != len(kept):
+            return output
+        full = module.forward(torch.empty(batch, channels, num_frames * module.patch_size[0], height, width,
+                                          device="meta"))  # fmt: skip
+        return tuple(_pick_frames(freqs, index, num_frames) for freqs in full)
+
+    handles = [model.rope.register_forward_hook(hook) for model in transformers if model is not None]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pick_frames(freqs: torch.Tensor, index: torch.Tensor, num_frames: int) -> torch.Tensor:
+    # freqs: (1, frames * tokens_per_frame, 1, dim), frame-major.
+    per_frame = freqs.view(freqs.shape[0], num_frames, -1, *freqs.shape[2:])
+    return per_frame[:, index.to(freqs.device)].reshape(freqs.shape[0], -1, *freqs.shape[2:])
+
+
+def _is_video(value, num_frames: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim == 5 and value.shape[2] == num_frames
+
+
+def _slice_if_video(value, kept: Sequence[int], num_frames: int):
+    return slice_frames(value, kept, num_frames) if _is_video(value, num_frames) else value

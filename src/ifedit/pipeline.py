@@ -1,0 +1,574 @@
+"""IFEditPipeline: edit an image by generating a short video that starts at it, then reading off a late frame.
+
+IF-Edit (Zhang et al., "Are Image-to-Video Models Good Zero-Shot Image Editors?", arXiv 2511.19435) on a Wan
+image-to-video model: denoise with an explicit expert switch and temporal latent dropout, decode, pick the sharpest
+late frame, then re-render it with a short "still video" pass. Prompt enhancement (SPEC step 1) happens before this
+pipeline is called; `prompt` here is the video prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import WanImageToVideoPipeline
+from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import get_module_execution_device
+
+from .dropout import (
+    HISTORY_MODES,
+    POSITION_MODES,
+    HistoryMode,
+    PositionMode,
+    dropout_step,
+    kept_frame_indices,
+    original_positions,
+    reset_scheduler_history,
+    slice_frames,
+    slice_scheduler_history,
+)
+from .errors import InvalidInputError
+from .io import validate_image
+from .sharpness import candidate_frames, laplacian_variance, sharpest
+from .sizes import MIN_FRAMES, fit_size, round_frames
+
+DEFAULT_REFINE_PROMPT = (
+    "A perfectly still video. The camera is fixed on a tripod and nothing in the scene moves. "
+    "Enhanced clarity, sharp focus, fine detail and clean textures."
+)
+DEFAULT_MAX_AREA = 480 * 832
+DEFAULT_TLD_THRESHOLD = 0.9
+OUTPUT_TYPES = ("pil", "np", "pt")
+SIGMA_SCHEDULES = ("default", "uniform")
+SigmaSchedule = Literal["default", "uniform"]
+CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
+
+
+@dataclass
+class IFEditPipelineOutput(BaseOutput):
+    """The edited image and how it was chosen.
+
+    Frame indices count pixel frames of the clip they refer to: `selected_index` and `sharpness` the main clip's,
+    `refine_selected_index` and `refine_sharpness` the refinement clip's (None when refinement is off).
+    """
+
+    image: PIL.Image.Image | np.ndarray | torch.Tensor
+    selected_index: int
+    sharpness: dict[int, float]
+    prompt: str
+    timings: dict[str, float]
+    height: int
+    width: int
+    num_frames: int
+    kept_latent_frames: list[int] | None = None
+    refine_selected_index: int | None = None
+    refine_sharpness: dict[int, float] | None = None
+    refine_kept_latent_frames: list[int] | None = None
+    frames: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    refine_frames: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+
+
+@dataclass
+class _Clip:
+    """One decoded pass: the video in [-1, 1] as (1, 3, T, H, W), its candidate scores and the chosen frame."""
+
+    video: torch.Tensor
+    kept: list[int] | None
+    scores: dict[int, float]
+    selected: int
+
+    def frame(self, index: int) -> torch.Tensor:
+        return self.video[:, :, index]
+
+
+class IFEditPipeline(WanImageToVideoPipeline):
+    r"""Zero-shot image editing with a Wan image-to-video model (IF-Edit).
+
+    Takes the components of diffusers' [`WanImageToVideoPipeline`] (tokenizer, text_encoder, vae, scheduler,
+    transformer, optional transformer_2, optional image_encoder / image_processor; config `boundary_ratio` and
+    `expand_timesteps`), so it loads Wan2.2-I2V-A14B (two experts), Wan2.2-TI2V-5B (`expand_timesteps`) and
+    Wan2.1-I2V (CLIP image encoder) with `from_pretrained`. Prompt encoding, image encoding and latent preparation
+    are inherited; the denoising loop is our own because temporal latent dropout changes the condition tensor and
+    the scheduler's state mid-loop, which diffusers' step callback cannot do.
+    """
+
+    _stage: str | None = None
+
+    @property
+    def stage(self) -> str | None:
+        """Which pass is running, "edit" or "refine" (None outside a call): for progress reporting."""
+        return self._stage
+
+    @property
+    def boundary_timestep(self) -> float | None:
+        """SPEC step 2: the timestep at which the low-noise expert takes over (None for one-expert models)."""
+        if self.config.boundary_ratio is None or self.transformer_2 is None:
+            return None
+        return self.config.boundary_ratio * self.scheduler.config.num_train_timesteps
+
+    def expert_for(self, timestep: float | torch.Tensor) -> str:
+        """Name of the component that denoises at `timestep`: the high-noise expert while t >= boundary."""
+        boundary = self.boundary_timestep
+        return "transformer" if boundary is None or timestep >= boundary else "transformer_2"
+
+    @property
+    def size_multiple(self) -> int:
+        """Pixel sides must be multiples of this: the VAE's spatial factor times the transformer's patch."""
+        return self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image,
+        prompt: str,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        max_area: int = DEFAULT_MAX_AREA,
+        num_frames: int = 33,
+        num_inference_steps: int = 8,
+        guidance_scale: float = 1.0,
+        guidance_scale_2: float | None = None,
+        sigma_schedule: SigmaSchedule = "default",
+        tld_stride: int = 3,
+        tld_threshold: float | None = None,
+        tld_history: HistoryMode = "slice",
+        tld_positions: PositionMode = "contiguous",
+        refine: bool = True,
+        refine_prompt: str = DEFAULT_REFINE_PROMPT,
+        refine_frames: int | None = None,
+        refine_steps: int | None = None,
+        refine_strength: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        max_sequence_length: int = 512,
+        output_type: str = "pil",
+        return_frames: bool = False,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+    ) -> IFEditPipelineOutput:
+        r"""Edit `image` as `prompt` describes (SPEC steps 2-6).
+
+        Args:
+            image: the source image; it becomes the first frame of the video.
+            prompt: the video prompt, ideally a time-ordered account of the change (see `ifedit.prompting`).
+            negative_prompt: used only where guidance is above 1.
+            height, width: pixel size of the video. By default the image's aspect ratio at `max_area` pixels;
+                sides are rounded to the model's multiple (16 or 32) with a warning.
+            max_area: target pixel area when height and width are not given (480p: 480 x 832).
+            num_frames: frames of the edit video, rounded to 4n+1 with a warning; at least 5.
+            num_inference_steps: denoising steps of the edit pass.
+            guidance_scale: classifier-free guidance of the high-noise expert (1.0 turns guidance off).
+            guidance_scale_2: guidance of the low-noise expert; defaults to `guidance_scale`.
+            sigma_schedule: "default" lets the scheduler space its steps; "uniform" gives it noise levels evenly
+                spaced in [1, 0) before its shift, the grid step-distilled models (Lightning) were trained on.
+            tld_stride: temporal latent dropout stride K: keep latent frames {0, K, 2K, ...} and the last. 1 = off.
+            tld_threshold: timestep fraction below which dropout happens (once, before that step's model call).
+                Defaults to the expert boundary, or 0.9 for one-expert models.
+            tld_history: "slice" thins a multistep scheduler's stored outputs; "reset" restarts it at first order.
+            tld_positions: "contiguous" renumbers kept frames 0, 1, 2, ... for RoPE; "original" keeps their
+                positions in the full clip.
+            refine: run self-consistent post-refinement (SPEC step 5) on the chosen frame.
+            refine_prompt: the "still video" prompt of the refinement pass.
+            refine_frames: frames of the refinement clip; defaults to `num_frames`.
+            refine_steps: steps of the refinement pass; defaults to `num_inference_steps`.
+            refine_strength: 1.0 starts refinement from pure noise; below 1 from the chosen frame re-noised to
+                that fraction of the trajectory (fewer steps run).
+            generator: torch generator for reproducible noise; the refinement pass draws from it after the edit.
+            latents: initial noise for the edit pass, shape (1, C, F, H/8, W/8).
+            max_sequence_length: text-encoder tokens (Wan uses 512).
+            output_type: "pil", "np" or "pt" for `image`, `frames` and `refine_frames`.
+            return_frames: also return the decoded clips (`frames`, `refine_frames`).
+            attention_kwargs: passed to the transformer's attention processors.
+            callback_on_step_end: called as `fn(pipe, step, timestep, tensors)` after each step of either pass
+                (`pipe.stage` tells which); may return replacements for the tensors.
+            callback_on_step_end_tensor_inputs: names of tensors given to the callback.
+        """
+        start = time.perf_counter()
+        device = self._execution_device
+        timer = _StageTimer(device)
+        image = validate_image(image)
+        check_options(
+            prompt=prompt, num_frames=num_frames, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, sigma_schedule=sigma_schedule,
+            tld_stride=tld_stride, tld_threshold=tld_threshold, tld_history=tld_history, tld_positions=tld_positions,
+            refine_frames=refine_frames, refine_steps=refine_steps, refine_strength=refine_strength,
+            output_type=output_type, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        self._check_scheduler(sigma_schedule, refine_strength)
+        num_frames = round_frames(num_frames, self.vae_scale_factor_temporal)
+        refine_frames = num_frames if refine_frames is None else round_frames(refine_frames)
+        height, width = fit_size(image.size, height, width, max_area, self.size_multiple)
+        guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
+        tld_threshold = tld_threshold or self.config.boundary_ratio or DEFAULT_TLD_THRESHOLD
+        self._interrupt = False
+        self._attention_kwargs = attention_kwargs
+        self._guidance_scale = guidance_scale
+
+        # 1. Encode the edit prompt and the refinement prompt together, so an offloaded encoder loads once.
+        with timer("text_encoding"):
+            use_guidance = max(guidance_scale, guidance_scale_2) > 1
+            prompts = [prompt, refine_prompt] if refine else [prompt]
+            embeds, negative_embeds = self.encode_prompt(
+                prompt=prompts,
+                negative_prompt=[negative_prompt or ""] * len(prompts),
+                do_classifier_free_guidance=use_guidance,
+                max_sequence_length=max_sequence_length,
+                device=device,
+            )
+
+        denoise = dict(
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2,
+            sigma_schedule=sigma_schedule,
+            tld_stride=tld_stride,
+            tld_threshold=tld_threshold,
+            tld_history=tld_history,
+            tld_positions=tld_positions,
+            generator=generator,
+            attention_kwargs=attention_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        try:
+            # 2-4. The edit: a video from the source image, decoded, its sharpest late frame chosen.
+            self._stage = "edit"
+            clip = self._generate(
+                self.video_processor.preprocess(image, height=height, width=width),
+                image,
+                _row(embeds, 0),
+                _row(negative_embeds, 0),
+                num_frames=num_frames,
+                strength=1.0,
+                latents=latents,
+                timer=timer,
+                prefix="",
+                **denoise,
+            )
+            final = clip
+            # 5. Self-consistent post-refinement: a still video from the chosen frame, its sharpest late frame.
+            refined = None
+            if refine and not self.interrupt:
+                self._stage = "refine"
+                chosen = clip.frame(clip.selected)
+                refined = self._generate(
+                    chosen,
+                    _to_pil(chosen),
+                    _row(embeds, 1),
+                    _row(negative_embeds, 1),
+                    num_frames=refine_frames,
+                    strength=refine_strength,
+                    latents=None,
+                    timer=timer,
+                    prefix="refine_",
+                    **{**denoise, "num_inference_steps": refine_steps or num_inference_steps},
+                )
+                final = refined
+        finally:
+            self._stage = None
+            self.maybe_free_model_hooks()
+
+        # 6. Outputs in the requested type.
+        timer.timings["total"] = time.perf_counter() - start
+        return IFEditPipelineOutput(
+            image=self._postprocess(final.frame(final.selected).unsqueeze(2), output_type)[0],
+            selected_index=clip.selected,
+            sharpness=clip.scores,
+            prompt=prompt,
+            timings=timer.timings,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            kept_latent_frames=clip.kept,
+            refine_selected_index=refined.selected if refined else None,
+            refine_sharpness=refined.scores if refined else None,
+            refine_kept_latent_frames=refined.kept if refined else None,
+            frames=self._postprocess(clip.video, output_type) if return_frames else None,
+            refine_frames=self._postprocess(refined.video, output_type) if return_frames and refined else None,
+        )
+
+    def _generate(
+        self, first_frame: torch.Tensor, first_frame_pil: PIL.Image.Image, prompt_embeds, negative_prompt_embeds,
+        *, num_frames: int, strength: float, timer: _StageTimer, prefix: str, **denoise,
+    ) -> _Clip:  # fmt: skip
+        """One pass: denoise a clip that starts at `first_frame`, decode it, score and pick its late frames."""
+        device = self._execution_device
+        height, width = first_frame.shape[-2:]
+        with timer(prefix + "image_encoding"):
+            image_embeds = None
+            if self.transformer.config.image_dim is not None:  # Wan2.1 conditions on CLIP image features too
+                image_embeds = self.encode_image(first_frame_pil, device).to(self.transformer.dtype)
+        latents, kept = self._denoise(
+            first_frame.to(device, torch.float32), image_embeds, prompt_embeds, negative_prompt_embeds,
+            height=height, width=width, num_frames=num_frames, strength=strength, timer=timer, prefix=prefix,
+            **denoise,
+        )  # fmt: skip
+        with timer(prefix + "decode"):
+            video = self._decode(latents)
+        with timer(prefix + "select"):
+            candidates = candidate_frames(video.shape[2], self.vae_scale_factor_temporal)
+            frames = (video[0, :, candidates].transpose(0, 1) / 2 + 0.5).clamp(0, 1)
+            scores = dict(zip(candidates, laplacian_variance(frames).tolist(), strict=True))
+        return _Clip(video=video, kept=kept, scores=scores, selected=sharpest(scores))
+
+    def _denoise(
+        self, image: torch.Tensor, image_embeds, prompt_embeds, negative_prompt_embeds, *, height: int, width: int,
+        num_frames: int, num_inference_steps: int, guidance_scale: float, guidance_scale_2: float,
+        sigma_schedule: SigmaSchedule, tld_stride: int,
+        tld_threshold: float, tld_history: HistoryMode, tld_positions: PositionMode, strength: float,
+        generator, latents, attention_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs,
+        timer: _StageTimer, prefix: str,
+    ) -> tuple[torch.Tensor, list[int] | None]:  # fmt: skip
+        """Denoise from noise (or from the re-noised still clip when strength < 1) with the expert switch and TLD.
+
+        Returns latents ready to decode (TI2V's clean first frame restored) and the latent frames dropout kept.
+        """
+        device = self._execution_device
+        if sigma_schedule == "uniform":
+            self.scheduler.set_timesteps(sigmas=uniform_sigmas(num_inference_steps), device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        first_step = refine_start_step(num_inference_steps, strength)
+        timesteps = self.scheduler.timesteps[first_step:]
+        if first_step:
+            self.scheduler.set_begin_index(first_step)
+        self._num_timesteps = len(timesteps)
+
+        with timer(prefix + "vae_encode"):
+            prepared = self.prepare_latents(
+                image, 1, self.vae.config.z_dim, height, width, num_frames, torch.float32, device, generator, latents
+            )
+            latents, condition, first_frame_mask = prepared if len(prepared) == 3 else (*prepared, None)
+            if strength < 1:
+                sigma = self.scheduler.sigmas[first_step].item()
+                latents = sigma * latents + (1 - sigma) * self._encode_still(image, num_frames)
+
+        num_latent_frames = latents.shape[2]
+        drop_at = None
+        if tld_stride > 1:
+            drop_at = dropout_step(timesteps, tld_threshold * self.scheduler.config.num_train_timesteps)
+        kept = None
+        transformer_dtype = self.transformer.dtype
+        with (
+            timer(prefix + "denoise"),
+            contextlib.ExitStack() as hooks,
+            self.progress_bar(total=len(timesteps)) as progress_bar,
+        ):
+            progress_bar.set_description(self._stage)
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    break
+                self._current_timestep = t
+                if i == drop_at:
+                    # SPEC step 3, before this step's model call: every frame-indexed tensor at once.
+                    kept = kept_frame_indices(num_latent_frames, tld_stride)
+                    latents = slice_frames(latents, kept, num_latent_frames)
+                    condition = slice_frames(condition, kept, num_latent_frames)
+                    if first_frame_mask is not None:
+                        first_frame_mask = slice_frames(first_frame_mask, kept, num_latent_frames)
+                    if tld_history == "slice":
+                        slice_scheduler_history(self.scheduler, kept, num_latent_frames)
+                    else:
+                        reset_scheduler_history(self.scheduler)
+                    if tld_positions == "original":
+                        experts = (self.transformer, self.transformer_2)
+                        hooks.enter_context(original_positions(experts, kept, num_latent_frames))
+
+                expert = self.expert_for(t)
+                model = getattr(self, expert)
+                guidance = guidance_scale if expert == "transformer" else guidance_scale_2
+                if first_frame_mask is not None:
+                    # TI2V: the first latent frame stays clean, its tokens get timestep 0.
+                    model_input = (1 - first_frame_mask) * condition + first_frame_mask * latents
+                    _, patch_h, patch_w = model.config.patch_size
+                    timestep = (first_frame_mask[0, 0, :, ::patch_h, ::patch_w] * t).flatten().unsqueeze(0)
+                else:
+                    model_input = torch.cat([latents, condition], dim=1)
+                    timestep = t.expand(latents.shape[0])
+                model_input = model_input.to(transformer_dtype)
+
+                noise_pred = self._predict(
+                    model, model_input, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond"
+                )
+                if guidance > 1:
+                    noise_uncond = self._predict(
+                        model, model_input, timestep, negative_prompt_embeds, image_embeds, attention_kwargs,
+                        "uncond",
+                    )  # fmt: skip
+                    noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
+                               "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
+                    given = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    returned = callback_on_step_end(self, i, t, given) or {}
+                    latents = returned.get("latents", latents)
+                    prompt_embeds = returned.get("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = returned.get("negative_prompt_embeds", negative_prompt_embeds)
+                progress_bar.update()
+        self._current_timestep = None
+        if first_frame_mask is not None:
+            latents = (1 - first_frame_mask) * condition + first_frame_mask * latents
+        return latents, kept
+
+    def _predict(self, model, model_input, timestep, text_embeds, image_embeds, attention_kwargs, cache_name):
+        with model.cache_context(cache_name):
+            return model(
+                hidden_states=model_input,
+                timestep=timestep,
+                encoder_hidden_states=text_embeds,
+                encoder_hidden_states_image=image_embeds,
+                attention_kwargs=attention_kwargs,
+                return_dict=False,
+            )[0]
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latent mean and 1/std, shaped to broadcast over (B, C, F, H, W)."""
+        z_dim = self.vae.config.z_dim
+        mean = torch.tensor(self.vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(like.device, like.dtype)
+        inverse_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z_dim, 1, 1, 1)
+        return mean, inverse_std.to(like.device, like.dtype)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to a (1, 3, T, H, W) video in [-1, 1]."""
+        latents = latents.to(device=get_module_execution_device(self.vae), dtype=self.vae.dtype)
+        mean, inverse_std = self._latent_stats(latents)
+        return self.vae.decode(latents / inverse_std + mean, return_dict=False)[0].float()
+
+    def _encode_still(self, frame: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Normalised latents of a clip that repeats `frame`: the clean target of a partial-strength refinement."""
+        still = frame.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)
+        still = still.to(device=get_module_execution_device(self.vae), dtype=self.vae.dtype)
+        clean = retrieve_latents(self.vae.encode(still), sample_mode="argmax").float()
+        mean, inverse_std = self._latent_stats(clean)
+        return ((clean - mean) * inverse_std).to(frame.device)
+
+    def _postprocess(self, video: torch.Tensor, output_type: str):
+        """A (1, 3, T, H, W) video in [-1, 1] to a list of PIL images, a (T, H, W, 3) array or (T, 3, H, W) tensor."""
+        return self.video_processor.postprocess_video(video, output_type=output_type)[0]
+
+    def _check_scheduler(self, sigma_schedule: str, refine_strength: float) -> None:
+        """Options that only some schedulers support."""
+        if sigma_schedule == "uniform" and "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+            raise InvalidInputError(
+                f"sigma_schedule 'uniform' needs a scheduler that takes sigmas, got {type(self.scheduler).__name__}"
+            )
+        if refine_strength < 1 and not _is_flow_scheduler(self.scheduler):
+            raise InvalidInputError(
+                f"refine_strength < 1 needs a flow-matching scheduler, got {type(self.scheduler).__name__}"
+            )
+
+
+def check_options(
+    *,
+    prompt: str = "prompt",
+    num_frames: int = 33,
+    num_inference_steps: int = 8,
+    guidance_scale: float = 1.0,
+    guidance_scale_2: float | None = None,
+    sigma_schedule: str = "default",
+    tld_stride: int = 3,
+    tld_threshold: float | None = None,
+    tld_history: str = "slice",
+    tld_positions: str = "contiguous",
+    refine_frames: int | None = None,
+    refine_steps: int | None = None,
+    refine_strength: float = 1.0,
+    output_type: str = "pil",
+    callback_on_step_end_tensor_inputs: tuple[str, ...] = (),
+    **_: Any,
+) -> None:
+    """Loud, specific errors for bad edit options, before any model runs (the CLI calls it before loading)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInputError("prompt must be a non-empty string")
+    _require(num_frames, "num_frames", f"an integer >= {MIN_FRAMES}", _is_int(num_frames, MIN_FRAMES))
+    _require(refine_frames, "refine_frames", f"an integer >= {MIN_FRAMES} or None",
+             refine_frames is None or _is_int(refine_frames, MIN_FRAMES))  # fmt: skip
+    _require(num_inference_steps, "num_inference_steps", "an integer >= 1", _is_int(num_inference_steps, 1))
+    _require(refine_steps, "refine_steps", "an integer >= 1 or None", refine_steps is None or _is_int(refine_steps, 1))
+    _require(guidance_scale, "guidance_scale", "a number >= 0", _is_number(guidance_scale, 0))
+    _require(guidance_scale_2, "guidance_scale_2", "a number >= 0 or None",
+             guidance_scale_2 is None or _is_number(guidance_scale_2, 0))  # fmt: skip
+    _require(sigma_schedule, "sigma_schedule", " or ".join(SIGMA_SCHEDULES), sigma_schedule in SIGMA_SCHEDULES)
+    _require(tld_stride, "tld_stride", "an integer >= 1 (1 disables dropout)", _is_int(tld_stride, 1))
+    _require(tld_threshold, "tld_threshold", "a timestep fraction in (0, 1]",
+             tld_threshold is None or (_is_number(tld_threshold, 0) and 0 < tld_threshold <= 1))  # fmt: skip
+    _require(tld_history, "tld_history", " or ".join(HISTORY_MODES), tld_history in HISTORY_MODES)
+    _require(tld_positions, "tld_positions", " or ".join(POSITION_MODES), tld_positions in POSITION_MODES)
+    _require(refine_strength, "refine_strength", "a number in (0, 1]",
+             _is_number(refine_strength, 0) and 0 < refine_strength <= 1)  # fmt: skip
+    _require(output_type, "output_type", ", ".join(OUTPUT_TYPES), output_type in OUTPUT_TYPES)
+    unknown = [name for name in callback_on_step_end_tensor_inputs if name not in CALLBACK_TENSORS]
+    _require(unknown, "callback_on_step_end_tensor_inputs", f"names from {', '.join(CALLBACK_TENSORS)}", not unknown)
+
+
+def uniform_sigmas(num_inference_steps: int) -> list[float]:
+    """Noise levels 1, (n-1)/n, ..., 1/n; the scheduler applies its flow shift on top."""
+    return np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
+
+
+def refine_start_step(num_inference_steps: int, strength: float) -> int:
+    """First step of a partial-strength pass: strength 1 runs all steps, 0.5 the second half."""
+    return min(num_inference_steps - 1, int(round(num_inference_steps * (1 - strength))))
+
+
+class _StageTimer:
+    """Accumulates wall-clock seconds per named stage, synchronising the accelerator so times are honest."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._synchronize()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+
+def _row(embeds: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    return None if embeds is None else embeds[index : index + 1]
+
+
+def _to_pil(frame: torch.Tensor) -> PIL.Image.Image:
+    """A (1, 3, H, W) frame in [-1, 1] to an 8-bit PIL image."""
+    pixels = ((frame[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return PIL.Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value, minimum: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum
+
+
+def _require(value, name: str, allowed: str, ok: bool) -> None:
+    if not ok:
+        raise InvalidInputError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _is_flow_scheduler(scheduler) -> bool:
+    return "FlowMatch" in type(scheduler).__name__ or bool(getattr(scheduler.config, "use_flow_sigmas", False))

@@ -1,0 +1,181 @@
+"""Named model presets: the published numbers of each supported model and of the paper's recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import InvalidInputError
+
+SchedulerName = Literal["euler", "unipc"]
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """A LoRA file on the Hub (or a local path) and the expert it goes into."""
+
+    source: str
+    weight_name: str
+    target: Literal["transformer", "transformer_2"]
+    subfolder: str | None = None
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Where a model's weights live and the settings its publishers (or the paper) run it with."""
+
+    name: str
+    description: str
+    model_id: str | None  # Hub id; None for models built in memory
+    scheduler: SchedulerName | None  # None keeps the scheduler the model ships with
+    flow_shift: float | None
+    num_inference_steps: int
+    guidance_scale: float
+    num_frames: int
+    fps: int
+    max_area: int
+    guidance_scale_2: float | None = None
+    sigma_schedule: Literal["default", "uniform"] = "default"
+    tld_stride: int = 3
+    tld_threshold: float | None = None
+    loras: tuple[LoraWeights, ...] = ()
+    gpu_memory_gb: float = 0.0  # what one edit needs on a GPU without offloading; 0 = runs anywhere
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `IFEditPipeline.__call__` that carry this preset's recipe."""
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "guidance_scale_2": self.guidance_scale_2,
+            "num_frames": self.num_frames,
+            "max_area": self.max_area,
+            "sigma_schedule": self.sigma_schedule,
+            "tld_stride": self.tld_stride,
+            "tld_threshold": self.tld_threshold,
+        }
+
+    def with_loras(self, loras: tuple[LoraWeights, ...]) -> Preset:
+        return dataclasses.replace(self, loras=loras)
+
+
+LIGHTNING_SOURCE = "lightx2v/Wan2.2-Lightning"
+LIGHTNING_FOLDER = "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1"
+AREA_480P = 480 * 832
+AREA_720P = 704 * 1280
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="paper",
+            description="IF-Edit's recipe: Wan2.2-I2V-A14B + Lightning LoRA per expert, 8 steps, 33 frames, K=3",
+            model_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+            scheduler="euler",
+            flow_shift=5.0,
+            num_inference_steps=8,
+            guidance_scale=1.0,
+            sigma_schedule="uniform",
+            num_frames=33,
+            fps=16,
+            max_area=AREA_480P,
+            loras=(
+                LoraWeights(LIGHTNING_SOURCE, "high_noise_model.safetensors", "transformer", LIGHTNING_FOLDER),
+                LoraWeights(LIGHTNING_SOURCE, "low_noise_model.safetensors", "transformer_2", LIGHTNING_FOLDER),
+            ),
+            gpu_memory_gb=40,
+            notes="about 12 s per edit on one H100 in the paper; ~60 GB download",
+        ),
+        Preset(
+            name="wan2.2-i2v-a14b",
+            description="Wan2.2-I2V-A14B without LoRA: 40 steps, guidance 3.5 on both experts, 81 frames",
+            model_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+            scheduler="unipc",
+            flow_shift=5.0,
+            num_inference_steps=40,
+            guidance_scale=3.5,
+            guidance_scale_2=3.5,
+            num_frames=81,
+            fps=16,
+            max_area=AREA_480P,
+            gpu_memory_gb=60,
+            notes="several minutes per edit on one H100",
+        ),
+        Preset(
+            name="wan2.2-ti2v-5b",
+            description="Wan2.2-TI2V-5B: one expert, 720p, fits 24 GB GPUs",
+            model_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+            scheduler="unipc",
+            flow_shift=5.0,
+            num_inference_steps=50,
+            guidance_scale=5.0,
+            num_frames=121,
+            fps=24,
+            max_area=AREA_720P,
+            gpu_memory_gb=24,
+        ),
+        Preset(
+            name="wan2.1-i2v-480p",
+            description="Wan2.1-I2V-14B-480P: one expert with a CLIP image encoder",
+            model_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+            scheduler="unipc",
+            flow_shift=3.0,
+            num_inference_steps=40,
+            guidance_scale=5.0,
+            num_frames=81,
+            fps=16,
+            max_area=AREA_480P,
+            gpu_memory_gb=40,
+        ),
+        Preset(
+            name="debug-tiny",
+            description="tiny random Wan2.2-style model built in memory; smoke-tests an install on a CPU (noise)",
+            model_id=None,
+            scheduler="euler",
+            flow_shift=5.0,
+            num_inference_steps=4,
+            guidance_scale=1.0,
+            sigma_schedule="uniform",
+            num_frames=9,
+            fps=8,
+            max_area=64 * 96,
+        ),
+    )
+}
+DEFAULT_PRESET = "paper"
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset by name, with an error listing the names that exist."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def preset_for_model_id(model_id: str) -> Preset | None:
+    """The first preset that loads `model_id` without LoRA (used when a user names a Hub id directly)."""
+    for preset in PRESETS.values():
+        if preset.model_id == model_id and not preset.loras:
+            return preset
+    return None
+
+
+def custom_preset(model: str) -> Preset:
+    """Settings for a model we have no published numbers for: its own scheduler, the paper's other numbers."""
+    paper = PRESETS[DEFAULT_PRESET]
+    return dataclasses.replace(
+        paper,
+        name="custom",
+        description=f"model {model} with the paper's sampling settings",
+        model_id=model,
+        scheduler=None,
+        flow_shift=None,
+        sigma_schedule="default",
+        loras=(),
+        gpu_memory_gb=0.0,
+        notes="",
+    )

@@ -1,0 +1,58 @@
+"""Output geometry: pixel sizes at a target area keeping the input's aspect ratio, and Wan's 4n+1 frame counts."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from .errors import InvalidInputError
+
+logger = logging.getLogger("ifedit")
+
+MIN_FRAMES = 5
+
+
+def fit_size(
+    image_size: tuple[int, int], height: int | None, width: int | None, max_area: int, multiple: int
+) -> tuple[int, int]:
+    """(height, width) for the model: the image's aspect ratio at `max_area` pixels, sides multiples of `multiple`.
+
+    A side the caller gives is kept (rounded to the multiple with a warning); a missing side follows the aspect
+    ratio of the image, whose size is given as (width, height) like PIL's.
+    """
+    image_width, image_height = image_size
+    aspect = image_height / image_width
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and value < multiple:
+            raise InvalidInputError(f"{name} must be at least {multiple} px for this model, got {value}")
+    if height is None and width is None:
+        height = math.sqrt(max_area * aspect)
+        width = math.sqrt(max_area / aspect)
+        return _round_to(height, multiple), _round_to(width, multiple)
+    if height is None:
+        height = _round_to(width * aspect, multiple)
+    if width is None:
+        width = _round_to(height / aspect, multiple)
+    rounded = _round_to(height, multiple), _round_to(width, multiple)
+    if rounded != (height, width):
+        logger.warning(
+            "height and width must be multiples of %d for this model: using %dx%d instead of %dx%d",
+            multiple, rounded[0], rounded[1], height, width,
+        )  # fmt: skip
+    return rounded
+
+
+def round_frames(num_frames: int, temporal_scale: int = 4) -> int:
+    """Nearest valid frame count 4n+1 (Wan's VAE packs 4 frames per latent after the first), with a warning."""
+    if num_frames < MIN_FRAMES:
+        raise InvalidInputError(f"frames must be at least {MIN_FRAMES}, got {num_frames}")
+    rounded = math.floor((num_frames - 1) / temporal_scale + 0.5) * temporal_scale + 1
+    if rounded != num_frames:
+        logger.warning(
+            "frames must be %dn+1 for this model: using %d instead of %d", temporal_scale, rounded, num_frames
+        )
+    return rounded
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, math.floor(value / multiple + 0.5) * multiple)
