@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 import torch
-
-HistoryMode = Literal["slice", "reset"]
-PositionMode = Literal["contiguous", "original"]
-HISTORY_MODES: tuple[str, ...] = ("slice", "reset")
-POSITION_MODES: tuple[str, ...] = ("contiguous", "original")
 
 
 def kept_frame_indices(num_frames: int, stride: int) -> list[int]:
@@ -88,8 +82,9 @@ def original_positions(transformers: Sequence[torch.nn.Module], kept: Sequence[i
         batch, channels, frames, height, width = hidden_states.shape
         if frames // module.patch_size[0] != len(kept):
             return output
-        full = module.forward(torch.empty(batch, channels, num_frames * module.patch_size[0], height, width,
-                                          device="meta"))  # fmt: skip
+        full = module.forward(
+            torch.empty(batch, channels, num_frames * module.patch_size[0], height, width, device="meta")
+        )
         return tuple(_pick_frames(freqs, index, num_frames) for freqs in full)
 
     handles = [model.rope.register_forward_hook(hook) for model in transformers if model is not None]

@@ -13,7 +13,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from .errors import InvalidInputError, SetupError
 from .pipeline import IFEditPipeline
-from .presets import PRESETS, LoraWeights, Preset, custom_preset, get_preset, preset_for_model_id
+from .presets import LoraWeights, Preset
 from .tiny import tiny_components
 
 logger = logging.getLogger("ifedit")
@@ -34,23 +34,6 @@ class LoadOptions:
     offload: Offload = "none"
     vae_tiling: bool = False
     local_files_only: bool = False
-
-
-def resolve_model(model: str) -> Preset:
-    """A preset name, a local pipeline directory, or a Hub id, as the preset that describes how to run it."""
-    if model in PRESETS:
-        return get_preset(model)
-    if Path(model).expanduser().is_dir():
-        path = Path(model).expanduser()
-        if not (path / "model_index.json").is_file():
-            raise InvalidInputError(f"model directory {path} has no model_index.json (not a diffusers pipeline)")
-        return custom_preset(str(path))
-    if model.count("/") == 1 and not model.startswith((".", "/")):
-        return preset_for_model_id(model) or custom_preset(model)
-    raise InvalidInputError(
-        f"unknown model {model!r}: give a preset ({', '.join(PRESETS)}), a local pipeline directory, "
-        "or a Hugging Face Hub id such as Wan-AI/Wan2.2-I2V-A14B-Diffusers"
-    )
 
 
 def resolve_device(device: str) -> torch.device:

@@ -13,7 +13,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -24,10 +24,6 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from .dropout import (
-    HISTORY_MODES,
-    POSITION_MODES,
-    HistoryMode,
-    PositionMode,
     dropout_step,
     kept_frame_indices,
     original_positions,
@@ -37,8 +33,9 @@ from .dropout import (
 )
 from .errors import InvalidInputError
 from .io import validate_image
+from .options import HistoryMode, PositionMode, SigmaSchedule, check_options
 from .sharpness import candidate_frames, laplacian_variance, sharpest
-from .sizes import MIN_FRAMES, fit_size, round_frames
+from .sizes import fit_size, round_frames
 
 DEFAULT_REFINE_PROMPT = (
     "A perfectly still video. The camera is fixed on a tripod and nothing in the scene moves. "
@@ -46,10 +43,6 @@ DEFAULT_REFINE_PROMPT = (
 )
 DEFAULT_MAX_AREA = 480 * 832
 DEFAULT_TLD_THRESHOLD = 0.9
-OUTPUT_TYPES = ("pil", "np", "pt")
-SIGMA_SCHEDULES = ("default", "uniform")
-SigmaSchedule = Literal["default", "uniform"]
-CALLBACK_TENSORS = ("latents", "prompt_embeds", "negative_prompt_embeds")
 
 
 @dataclass
@@ -198,12 +191,22 @@ class IFEditPipeline(WanImageToVideoPipeline):
         timer = _StageTimer(device)
         image = validate_image(image)
         check_options(
-            prompt=prompt, num_frames=num_frames, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, sigma_schedule=sigma_schedule,
-            tld_stride=tld_stride, tld_threshold=tld_threshold, tld_history=tld_history, tld_positions=tld_positions,
-            refine_frames=refine_frames, refine_steps=refine_steps, refine_strength=refine_strength,
-            output_type=output_type, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+            prompt=prompt,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2,
+            sigma_schedule=sigma_schedule,
+            tld_stride=tld_stride,
+            tld_threshold=tld_threshold,
+            tld_history=tld_history,
+            tld_positions=tld_positions,
+            refine_frames=refine_frames,
+            refine_steps=refine_steps,
+            refine_strength=refine_strength,
+            output_type=output_type,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
         self._check_scheduler(sigma_schedule, refine_strength)
         num_frames = round_frames(num_frames, self.vae_scale_factor_temporal)
         refine_frames = num_frames if refine_frames is None else round_frames(refine_frames)
@@ -298,9 +301,18 @@ class IFEditPipeline(WanImageToVideoPipeline):
         )
 
     def _generate(
-        self, first_frame: torch.Tensor, first_frame_pil: PIL.Image.Image, prompt_embeds, negative_prompt_embeds,
-        *, num_frames: int, strength: float, timer: _StageTimer, prefix: str, **denoise,
-    ) -> _Clip:  # fmt: skip
+        self,
+        first_frame: torch.Tensor,
+        first_frame_pil: PIL.Image.Image,
+        prompt_embeds,
+        negative_prompt_embeds,
+        *,
+        num_frames: int,
+        strength: float,
+        timer: _StageTimer,
+        prefix: str,
+        **denoise,
+    ) -> _Clip:
         """One pass: denoise a clip that starts at `first_frame`, decode it, score and pick its late frames."""
         device = self._execution_device
         height, width = first_frame.shape[-2:]
@@ -309,10 +321,18 @@ class IFEditPipeline(WanImageToVideoPipeline):
             if self.transformer.config.image_dim is not None:  # Wan2.1 conditions on CLIP image features too
                 image_embeds = self.encode_image(first_frame_pil, device).to(self.transformer.dtype)
         latents, kept = self._denoise(
-            first_frame.to(device, torch.float32), image_embeds, prompt_embeds, negative_prompt_embeds,
-            height=height, width=width, num_frames=num_frames, strength=strength, timer=timer, prefix=prefix,
+            first_frame.to(device, torch.float32),
+            image_embeds,
+            prompt_embeds,
+            negative_prompt_embeds,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            strength=strength,
+            timer=timer,
+            prefix=prefix,
             **denoise,
-        )  # fmt: skip
+        )
         with timer(prefix + "decode"):
             video = self._decode(latents)
         with timer(prefix + "select"):
@@ -322,13 +342,32 @@ class IFEditPipeline(WanImageToVideoPipeline):
         return _Clip(video=video, kept=kept, scores=scores, selected=sharpest(scores))
 
     def _denoise(
-        self, image: torch.Tensor, image_embeds, prompt_embeds, negative_prompt_embeds, *, height: int, width: int,
-        num_frames: int, num_inference_steps: int, guidance_scale: float, guidance_scale_2: float,
-        sigma_schedule: SigmaSchedule, tld_stride: int,
-        tld_threshold: float, tld_history: HistoryMode, tld_positions: PositionMode, strength: float,
-        generator, latents, attention_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs,
-        timer: _StageTimer, prefix: str,
-    ) -> tuple[torch.Tensor, list[int] | None]:  # fmt: skip
+        self,
+        image: torch.Tensor,
+        image_embeds,
+        prompt_embeds,
+        negative_prompt_embeds,
+        *,
+        height: int,
+        width: int,
+        num_frames: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        guidance_scale_2: float,
+        sigma_schedule: SigmaSchedule,
+        tld_stride: int,
+        tld_threshold: float,
+        tld_history: HistoryMode,
+        tld_positions: PositionMode,
+        strength: float,
+        generator,
+        latents,
+        attention_kwargs,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+        timer: _StageTimer,
+        prefix: str,
+    ) -> tuple[torch.Tensor, list[int] | None]:
         """Denoise from noise (or from the re-noised still clip when strength < 1) with the expert switch and TLD.
 
         Returns latents ready to decode (TI2V's clean first frame restored) and the latent frames dropout kept.
@@ -362,9 +401,8 @@ class IFEditPipeline(WanImageToVideoPipeline):
         with (
             timer(prefix + "denoise"),
             contextlib.ExitStack() as hooks,
-            self.progress_bar(total=len(timesteps)) as progress_bar,
+            self._progress_bar(len(timesteps)) as progress_bar,
         ):
-            progress_bar.set_description(self._stage)
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     break
@@ -402,15 +440,23 @@ class IFEditPipeline(WanImageToVideoPipeline):
                 )
                 if guidance > 1:
                     noise_uncond = self._predict(
-                        model, model_input, timestep, negative_prompt_embeds, image_embeds, attention_kwargs,
+                        model,
+                        model_input,
+                        timestep,
+                        negative_prompt_embeds,
+                        image_embeds,
+                        attention_kwargs,
                         "uncond",
-                    )  # fmt: skip
+                    )
                     noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                               "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
+                    tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                    }
                     given = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
                     returned = callback_on_step_end(self, i, t, given) or {}
                     latents = returned.get("latents", latents)
@@ -421,6 +467,15 @@ class IFEditPipeline(WanImageToVideoPipeline):
         if first_frame_mask is not None:
             latents = (1 - first_frame_mask) * condition + first_frame_mask * latents
         return latents, kept
+
+    def _progress_bar(self, total: int):
+        """diffusers' progress bar (honouring `set_progress_bar_config`), labelled with the running pass."""
+        config = getattr(self, "_progress_bar_config", {})
+        self._progress_bar_config = {"desc": self._stage, **config}
+        try:
+            return self.progress_bar(total=total)
+        finally:
+            self._progress_bar_config = config
 
     def _predict(self, model, model_input, timestep, text_embeds, image_embeds, attention_kwargs, cache_name):
         with model.cache_context(cache_name):
@@ -470,49 +525,6 @@ class IFEditPipeline(WanImageToVideoPipeline):
             )
 
 
-def check_options(
-    *,
-    prompt: str = "prompt",
-    num_frames: int = 33,
-    num_inference_steps: int = 8,
-    guidance_scale: float = 1.0,
-    guidance_scale_2: float | None = None,
-    sigma_schedule: str = "default",
-    tld_stride: int = 3,
-    tld_threshold: float | None = None,
-    tld_history: str = "slice",
-    tld_positions: str = "contiguous",
-    refine_frames: int | None = None,
-    refine_steps: int | None = None,
-    refine_strength: float = 1.0,
-    output_type: str = "pil",
-    callback_on_step_end_tensor_inputs: tuple[str, ...] = (),
-    **_: Any,
-) -> None:
-    """Loud, specific errors for bad edit options, before any model runs (the CLI calls it before loading)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidInputError("prompt must be a non-empty string")
-    _require(num_frames, "num_frames", f"an integer >= {MIN_FRAMES}", _is_int(num_frames, MIN_FRAMES))
-    _require(refine_frames, "refine_frames", f"an integer >= {MIN_FRAMES} or None",
-             refine_frames is None or _is_int(refine_frames, MIN_FRAMES))  # fmt: skip
-    _require(num_inference_steps, "num_inference_steps", "an integer >= 1", _is_int(num_inference_steps, 1))
-    _require(refine_steps, "refine_steps", "an integer >= 1 or None", refine_steps is None or _is_int(refine_steps, 1))
-    _require(guidance_scale, "guidance_scale", "a number >= 0", _is_number(guidance_scale, 0))
-    _require(guidance_scale_2, "guidance_scale_2", "a number >= 0 or None",
-             guidance_scale_2 is None or _is_number(guidance_scale_2, 0))  # fmt: skip
-    _require(sigma_schedule, "sigma_schedule", " or ".join(SIGMA_SCHEDULES), sigma_schedule in SIGMA_SCHEDULES)
-    _require(tld_stride, "tld_stride", "an integer >= 1 (1 disables dropout)", _is_int(tld_stride, 1))
-    _require(tld_threshold, "tld_threshold", "a timestep fraction in (0, 1]",
-             tld_threshold is None or (_is_number(tld_threshold, 0) and 0 < tld_threshold <= 1))  # fmt: skip
-    _require(tld_history, "tld_history", " or ".join(HISTORY_MODES), tld_history in HISTORY_MODES)
-    _require(tld_positions, "tld_positions", " or ".join(POSITION_MODES), tld_positions in POSITION_MODES)
-    _require(refine_strength, "refine_strength", "a number in (0, 1]",
-             _is_number(refine_strength, 0) and 0 < refine_strength <= 1)  # fmt: skip
-    _require(output_type, "output_type", ", ".join(OUTPUT_TYPES), output_type in OUTPUT_TYPES)
-    unknown = [name for name in callback_on_step_end_tensor_inputs if name not in CALLBACK_TENSORS]
-    _require(unknown, "callback_on_step_end_tensor_inputs", f"names from {', '.join(CALLBACK_TENSORS)}", not unknown)
-
-
 def uniform_sigmas(num_inference_steps: int) -> list[float]:
     """Noise levels 1, (n-1)/n, ..., 1/n; the scheduler applies its flow shift on top."""
     return np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
@@ -555,19 +567,6 @@ def _to_pil(frame: torch.Tensor) -> PIL.Image.Image:
     """A (1, 3, H, W) frame in [-1, 1] to an 8-bit PIL image."""
     pixels = ((frame[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return PIL.Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
-
-
-def _is_int(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_number(value, minimum: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum
-
-
-def _require(value, name: str, allowed: str, ok: bool) -> None:
-    if not ok:
-        raise InvalidInputError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _is_flow_scheduler(scheduler) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
@@ -178,4 +179,21 @@ def custom_preset(model: str) -> Preset:
         loras=(),
         gpu_memory_gb=0.0,
         notes="",
+    )
+
+
+def resolve_model(model: str) -> Preset:
+    """A preset name, a local pipeline directory, or a Hub id, as the preset that describes how to run it."""
+    if model in PRESETS:
+        return get_preset(model)
+    if Path(model).expanduser().is_dir():
+        path = Path(model).expanduser()
+        if not (path / "model_index.json").is_file():
+            raise InvalidInputError(f"model directory {path} has no model_index.json (not a diffusers pipeline)")
+        return custom_preset(str(path))
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        return preset_for_model_id(model) or custom_preset(model)
+    raise InvalidInputError(
+        f"unknown model {model!r}: give a preset ({', '.join(PRESETS)}), a local pipeline directory, "
+        "or a Hugging Face Hub id such as Wan-AI/Wan2.2-I2V-A14B-Diffusers"
     )

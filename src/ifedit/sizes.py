@@ -6,10 +6,9 @@ import logging
 import math
 
 from .errors import InvalidInputError
+from .options import MIN_FRAMES
 
 logger = logging.getLogger("ifedit")
-
-MIN_FRAMES = 5
 
 
 def fit_size(
@@ -37,8 +36,12 @@ def fit_size(
     if rounded != (height, width):
         logger.warning(
             "height and width must be multiples of %d for this model: using %dx%d instead of %dx%d",
-            multiple, rounded[0], rounded[1], height, width,
-        )  # fmt: skip
+            multiple,
+            rounded[0],
+            rounded[1],
+            height,
+            width,
+        )
     return rounded
 
 

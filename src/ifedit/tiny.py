@@ -35,10 +35,19 @@ def tiny_vae(variant: Variant = "a14b", seed: int = 0) -> AutoencoderKLWan:
     if variant == "ti2v":
         z_dim = 48
         return AutoencoderKLWan(
-            base_dim=4, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-            is_residual=True, patch_size=2, scale_factor_spatial=16, in_channels=12, out_channels=12,
-            latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
-        ).eval()  # fmt: skip
+            base_dim=4,
+            z_dim=z_dim,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            is_residual=True,
+            patch_size=2,
+            scale_factor_spatial=16,
+            in_channels=12,
+            out_channels=12,
+            latents_mean=[0.0] * z_dim,
+            latents_std=[1.0] * z_dim,
+        ).eval()
     return AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     ).eval()
@@ -49,11 +58,20 @@ def tiny_transformer(variant: Variant = "a14b", seed: int = 0) -> WanTransformer
     torch.manual_seed(seed)
     in_channels, out_channels = {"a14b": (36, 16), "ti2v": (48, 48), "wan21": (36, 16)}[variant]
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
-        out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
         image_dim=16 if variant == "wan21" else None,
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 def tiny_image_encoder(seed: int = 0) -> tuple[CLIPImageProcessor, CLIPVisionModel]:

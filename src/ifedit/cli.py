@@ -1,0 +1,411 @@
+"""The `ifedit` command: a thin caller of the library that turns user mistakes into one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import secrets
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .errors import IFEditError, InvalidInputError
+from .io import check_output_path, load_image
+from .options import check_options
+from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
+
+logger = logging.getLogger("ifedit")
+
+EXIT_INPUT = 2
+EXIT_SETUP = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ifedit",
+        description="Edit images with image-to-video diffusion models (IF-Edit, arXiv 2511.19435): the edit is "
+        "generated as a short video that starts at your photo, and the result is read off its end.",
+    )
+    parser.add_argument("--version", action="version", version=f"ifedit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_edit_parser(commands)
+    commands.add_parser(
+        "info",
+        help="show versions, devices and model presets",
+        description="Show package versions, the accelerators PyTorch sees, and the model presets.",
+    )
+    return parser
+
+
+def _add_edit_parser(commands) -> None:
+    edit = commands.add_parser(
+        "edit",
+        help="edit an image as an instruction says",
+        description="Edit IMAGE as INSTRUCTION says and write the result to OUTPUT, with a JSON record of how it "
+        "was made beside it (same name, .json). Settings left out come from the model preset.",
+        epilog="example: ifedit edit cat.jpg 'the cat stands up' -o cat_standing.png",
+    )
+    edit.add_argument("image", help="source image (PNG, JPEG, WebP, ...; at least 64 px a side)")
+    edit.add_argument("instruction", help="what should happen, e.g. 'the ice cube melts'")
+    edit.add_argument("-o", "--output", required=True, help="edited image to write (.png, .jpg, .jpeg or .webp)")
+    edit.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    edit.add_argument("--save-video", action="store_true", help="also write the edit clip as OUTPUT.mp4")
+    edit.add_argument(
+        "--save-frames",
+        metavar="DIR",
+        help="also write every frame of both clips and contact sheets of the "
+        "candidate frames with their sharpness scores to DIR",
+    )
+    edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+
+    prompt = edit.add_argument_group("prompt")
+    prompt.add_argument("--prompt", help="a ready video prompt to use instead of the instruction")
+    prompt.add_argument("--negative-prompt", help="what to avoid (only used when guidance is above 1)")
+
+    model = edit.add_argument_group("model and memory")
+    model.add_argument(
+        "--model",
+        default=DEFAULT_PRESET,
+        help=f"a preset ({', '.join(PRESETS)}), a local diffusers pipeline "
+        f"folder, or a Hugging Face Hub id (default: {DEFAULT_PRESET}; see `ifedit info`)",
+    )
+    model.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    model.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="weights' dtype; auto is bfloat16 on a GPU, float32 on the CPU",
+    )
+    model.add_argument(
+        "--offload",
+        default="none",
+        choices=["none", "model", "sequential", "group"],
+        help="keep weights on the CPU and move them to the GPU as needed: model (whole models, "
+        "small slowdown), group (layer groups, streamed), sequential (least memory, slowest)",
+    )
+    model.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save GPU memory")
+    model.add_argument("--offline", action="store_true", help="use only weights already downloaded")
+    model.add_argument("--lora-source", help="Hub id or folder holding the LoRA files (default: the preset's)")
+    model.add_argument("--lora-subfolder", help="folder inside --lora-source (default: the preset's)")
+    model.add_argument("--lora-high", metavar="FILE", help="LoRA file for the high-noise expert (transformer)")
+    model.add_argument("--lora-low", metavar="FILE", help="LoRA file for the low-noise expert (transformer_2)")
+    model.add_argument("--lora-scale", type=float, help="weight of the LoRAs (default: 1.0)")
+    model.add_argument("--no-lora", action="store_true", help="load the model without the preset's LoRAs")
+
+    sampling = edit.add_argument_group("sampling (defaults come from the preset)")
+    sampling.add_argument("--steps", type=int, help="denoising steps (paper: 8)")
+    sampling.add_argument("--frames", type=int, help="video frames, 4n+1 (paper: 33)")
+    sampling.add_argument("--seed", type=int, help="random seed (default: a new one, recorded in the JSON)")
+    sampling.add_argument("--height", type=int, help="video height in px (default: the image's aspect at 480p area)")
+    sampling.add_argument("--width", type=int, help="video width in px")
+    sampling.add_argument("--guidance", type=float, help="guidance scale of the high-noise expert (paper: 1.0)")
+    sampling.add_argument("--guidance-2", type=float, help="guidance scale of the low-noise expert")
+
+    dropout = edit.add_argument_group("temporal latent dropout")
+    dropout.add_argument(
+        "--tld-stride", type=int, help="keep every K-th latent frame and the last (paper: 3; 1 = off)"
+    )
+    dropout.add_argument(
+        "--tld-threshold",
+        type=float,
+        help="timestep fraction below which frames are dropped (default: the expert switch, 0.9)",
+    )
+    dropout.add_argument(
+        "--tld-history",
+        choices=["slice", "reset"],
+        default="slice",
+        help="multistep scheduler history at the cut: thin it, or restart at first order",
+    )
+    dropout.add_argument(
+        "--tld-positions",
+        choices=["contiguous", "original"],
+        default="contiguous",
+        help="RoPE positions of kept frames: renumbered, or as in the full clip",
+    )
+
+    refine = edit.add_argument_group("still-video refinement")
+    refine.add_argument("--no-refine", action="store_true", help="skip refinement (faster, less crisp)")
+    refine.add_argument("--refine-prompt", help="prompt of the still video")
+    refine.add_argument("--refine-frames", type=int, help="frames of the still video (default: --frames)")
+    refine.add_argument("--refine-steps", type=int, help="steps of the still video (default: --steps)")
+    refine.add_argument(
+        "--refine-strength",
+        type=float,
+        default=1.0,
+        help="1.0 starts from noise; lower starts from the re-noised chosen frame (fewer steps)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(quiet=getattr(args, "quiet", False))
+    try:
+        return {"edit": _edit, "info": _info}[args.command](args)
+    except InvalidInputError as error:
+        print(f"ifedit: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except IFEditError as error:
+        print(f"ifedit: error: {error}", file=sys.stderr)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        print("ifedit: interrupted; outputs not yet written were not written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _edit(args: argparse.Namespace) -> int:
+    # Everything a user can get wrong is checked before the (slow) model load.
+    preset = _with_lora_options(resolve_model(args.model), args)
+    settings = _settings(args, preset)
+    instruction = args.instruction.strip()
+    if not instruction:
+        raise InvalidInputError("instruction must not be empty")
+    prompt = args.prompt.strip() if args.prompt is not None else instruction
+    check_options(prompt=prompt, **settings)
+    image = load_image(args.image)
+    outputs = _output_paths(args)
+    _quiet_libraries()
+    from .loading import LoadOptions, load_pipeline, resolve_device, resolve_dtype
+
+    options = LoadOptions(
+        device=args.device,
+        dtype=args.dtype,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+        local_files_only=args.offline,
+    )
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+
+    import torch
+
+    logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
+    start = time.perf_counter()
+    pipe = load_pipeline(preset, options)
+    load_seconds = time.perf_counter() - start
+    pipe.set_progress_bar_config(disable=args.quiet, leave=False)
+    result = pipe(
+        image,
+        prompt,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        return_frames=bool(args.save_video or args.save_frames),
+        **settings,
+    )
+
+    # Side outputs first and the image and its record last: a JSON beside an image means the edit finished.
+    if args.save_frames:
+        _write_frames(result, outputs["frames"])
+    if args.save_video:
+        from .report import save_video
+
+        save_video(result.frames, outputs["video"], preset.fps)
+    from .io import save_image, save_json
+    from .report import versions
+
+    save_image(result.image, outputs["image"])
+    record = {
+        "ifedit": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": str(Path(args.image).resolve()), "width": image.width, "height": image.height},
+        "instruction": instruction,
+        "prompt": prompt,
+        "prompt_enhancement": {"backend": "given" if args.prompt is not None else "none"},
+        "model": _model_record(preset),
+        "seed": seed,
+        "settings": {**settings, "height": result.height, "width": result.width, "num_frames": result.num_frames},
+        "placement": {
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "offload": args.offload,
+            "vae_tiling": args.vae_tiling,
+        },
+        "result": {
+            "selected_index": result.selected_index,
+            "sharpness": result.sharpness,
+            "kept_latent_frames": result.kept_latent_frames,
+            "refine_selected_index": result.refine_selected_index,
+            "refine_sharpness": result.refine_sharpness,
+            "refine_kept_latent_frames": result.refine_kept_latent_frames,
+        },
+        "timings": {"load": load_seconds, **result.timings},
+        "outputs": {name: str(path) for name, path in outputs.items() if name != "record"},
+        "versions": versions(),
+        "argv": sys.argv[1:],
+    }
+    save_json(record, outputs["record"])
+    final_scores = result.refine_sharpness or result.sharpness
+    final_index = result.refine_selected_index if result.refine_sharpness else result.selected_index
+    logger.info(
+        "wrote %s (%dx%d, frame %d, sharpness %.1f) in %.1f s; record: %s",
+        outputs["image"],
+        result.width,
+        result.height,
+        final_index,
+        final_scores[final_index],
+        result.timings["total"],
+        outputs["record"],
+    )
+    return 0
+
+
+def _settings(args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
+    """Pipeline keyword arguments: the preset's recipe, overridden by what the user gave."""
+    settings = preset.call_kwargs()
+    overrides = {
+        "num_inference_steps": args.steps,
+        "num_frames": args.frames,
+        "guidance_scale": args.guidance,
+        "guidance_scale_2": args.guidance_2,
+        "tld_stride": args.tld_stride,
+        "tld_threshold": args.tld_threshold,
+        "refine_prompt": args.refine_prompt,
+        "refine_frames": args.refine_frames,
+        "refine_steps": args.refine_steps,
+        "negative_prompt": args.negative_prompt,
+    }
+    settings.update({name: value for name, value in overrides.items() if value is not None})
+    settings.update(
+        height=args.height,
+        width=args.width,
+        tld_history=args.tld_history,
+        tld_positions=args.tld_positions,
+        refine=not args.no_refine,
+        refine_strength=args.refine_strength,
+    )
+    return settings
+
+
+def _with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
+    """Apply --no-lora / --lora-* to the preset's LoRA list."""
+    if args.no_lora:
+        return preset.with_loras(())
+    given = {"transformer": args.lora_high, "transformer_2": args.lora_low}
+    if not (args.lora_source or args.lora_subfolder or any(given.values()) or args.lora_scale is not None):
+        return preset
+    current = {lora.target: lora for lora in preset.loras}
+    loras = []
+    for target, weight_name in given.items():
+        base = current.get(target)
+        if weight_name is None and base is None:
+            continue
+        source = args.lora_source or (base.source if base else None)
+        if source is None:
+            raise InvalidInputError("--lora-high/--lora-low need --lora-source (a Hub id or a folder)")
+        subfolder = args.lora_subfolder or (base.subfolder if base and source == base.source else None)
+        loras.append(
+            LoraWeights(
+                source=source,
+                weight_name=weight_name or base.weight_name,
+                target=target,
+                subfolder=subfolder,
+                scale=args.lora_scale if args.lora_scale is not None else (base.scale if base else 1.0),
+            )
+        )
+    if not loras:
+        raise InvalidInputError(f"model {preset.name!r} has no LoRA to change; name files with --lora-high/--lora-low")
+    return preset.with_loras(tuple(loras))
+
+
+def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Every file the edit will write, refused up front if it exists (without --overwrite) or cannot be written."""
+    image = check_output_path(args.output, args.overwrite)
+    paths = {"image": image, "record": image.with_suffix(".json")}
+    if args.save_video:
+        paths["video"] = image.with_suffix(".mp4")
+    for name, path in paths.items():
+        if name != "image" and path.exists() and not args.overwrite:
+            raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
+    if args.save_frames:
+        folder = Path(args.save_frames)
+        if not folder.parent.is_dir():
+            raise InvalidInputError(f"folder for --save-frames does not exist: {folder.parent}")
+        if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not args.overwrite)):
+            raise InvalidInputError(
+                f"--save-frames {folder} exists and is not empty (pass --overwrite to write into it)"
+            )
+        paths["frames"] = folder
+    return paths
+
+
+def _write_frames(result, folder: Path) -> None:
+    from .io import save_image
+    from .report import candidate_sheet, save_frames
+
+    folder.mkdir(exist_ok=True)
+    save_frames(result.frames, folder, "edit")
+    save_image(candidate_sheet(result.frames, result.sharpness, result.selected_index), folder / "edit_candidates.png")
+    if result.refine_frames is not None:
+        save_frames(result.refine_frames, folder, "refine")
+        sheet = candidate_sheet(result.refine_frames, result.refine_sharpness, result.refine_selected_index)
+        save_image(sheet, folder / "refine_candidates.png")
+
+
+def _model_record(preset: Preset) -> dict[str, Any]:
+    return {
+        "preset": preset.name,
+        "model_id": preset.model_id,
+        "scheduler": preset.scheduler,
+        "flow_shift": preset.flow_shift,
+        "loras": [dataclasses.asdict(lora) for lora in preset.loras],
+    }
+
+
+def _info(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    import torch
+
+    from .report import versions
+
+    print("versions:")
+    for package, version in versions().items():
+        print(f"  {package:<13} {version or 'not installed'}")
+    print("devices:")
+    print("  cpu")
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        name = torch.cuda.get_device_name(index)
+        print(f"  cuda:{index}  {name}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free)")
+    if torch.backends.mps.is_available():
+        print("  mps")
+    print(f"presets (--model NAME; default {DEFAULT_PRESET}):")
+    for preset in PRESETS.values():
+        memory = f"GPU {preset.gpu_memory_gb:.0f} GB" if preset.gpu_memory_gb else "CPU ok"
+        print(f"  {preset.name:<16} {memory:<10} {preset.description}")
+        if preset.model_id:
+            print(f"  {'':<16} {'':<10} weights: {preset.model_id}")
+    print(f"Hugging Face cache: {os.environ.get('HF_HOME', '~/.cache/huggingface')}")
+    return 0
+
+
+def _configure_logging(quiet: bool) -> None:
+    """Our notes and warnings as `ifedit: ...` lines; the libraries' own chatter only when it is an error."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ifedit: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _quiet_libraries() -> None:
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

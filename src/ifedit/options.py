@@ -1,0 +1,89 @@
+"""Per-edit options shared by the pipeline and the command line, and their validation (no model needed)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .errors import InvalidInputError
+
+MIN_FRAMES = 5
+HistoryMode = Literal["slice", "reset"]
+PositionMode = Literal["contiguous", "original"]
+SigmaSchedule = Literal["default", "uniform"]
+HISTORY_MODES: tuple[str, ...] = ("slice", "reset")
+POSITION_MODES: tuple[str, ...] = ("contiguous", "original")
+SIGMA_SCHEDULES: tuple[str, ...] = ("default", "uniform")
+OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt")
+CALLBACK_TENSORS: tuple[str, ...] = ("latents", "prompt_embeds", "negative_prompt_embeds")
+
+
+def check_options(
+    *,
+    prompt: str = "prompt",
+    num_frames: int = 33,
+    num_inference_steps: int = 8,
+    guidance_scale: float = 1.0,
+    guidance_scale_2: float | None = None,
+    sigma_schedule: str = "default",
+    tld_stride: int = 3,
+    tld_threshold: float | None = None,
+    tld_history: str = "slice",
+    tld_positions: str = "contiguous",
+    refine_frames: int | None = None,
+    refine_steps: int | None = None,
+    refine_strength: float = 1.0,
+    output_type: str = "pil",
+    callback_on_step_end_tensor_inputs: tuple[str, ...] = (),
+    **_: Any,
+) -> None:
+    """Loud, specific errors for bad edit options, before any model runs (the CLI calls it before loading)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInputError("prompt must be a non-empty string")
+    _require(num_frames, "num_frames", f"an integer >= {MIN_FRAMES}", _is_int(num_frames, MIN_FRAMES))
+    _require(
+        refine_frames,
+        "refine_frames",
+        f"an integer >= {MIN_FRAMES} or None",
+        refine_frames is None or _is_int(refine_frames, MIN_FRAMES),
+    )
+    _require(num_inference_steps, "num_inference_steps", "an integer >= 1", _is_int(num_inference_steps, 1))
+    _require(refine_steps, "refine_steps", "an integer >= 1 or None", refine_steps is None or _is_int(refine_steps, 1))
+    _require(guidance_scale, "guidance_scale", "a number >= 0", _is_number(guidance_scale, 0))
+    _require(
+        guidance_scale_2,
+        "guidance_scale_2",
+        "a number >= 0 or None",
+        guidance_scale_2 is None or _is_number(guidance_scale_2, 0),
+    )
+    _require(sigma_schedule, "sigma_schedule", " or ".join(SIGMA_SCHEDULES), sigma_schedule in SIGMA_SCHEDULES)
+    _require(tld_stride, "tld_stride", "an integer >= 1 (1 disables dropout)", _is_int(tld_stride, 1))
+    _require(
+        tld_threshold,
+        "tld_threshold",
+        "a timestep fraction in (0, 1]",
+        tld_threshold is None or (_is_number(tld_threshold, 0) and 0 < tld_threshold <= 1),
+    )
+    _require(tld_history, "tld_history", " or ".join(HISTORY_MODES), tld_history in HISTORY_MODES)
+    _require(tld_positions, "tld_positions", " or ".join(POSITION_MODES), tld_positions in POSITION_MODES)
+    _require(
+        refine_strength,
+        "refine_strength",
+        "a number in (0, 1]",
+        _is_number(refine_strength, 0) and 0 < refine_strength <= 1,
+    )
+    _require(output_type, "output_type", ", ".join(OUTPUT_TYPES), output_type in OUTPUT_TYPES)
+    unknown = [name for name in callback_on_step_end_tensor_inputs if name not in CALLBACK_TENSORS]
+    _require(unknown, "callback_on_step_end_tensor_inputs", f"names from {', '.join(CALLBACK_TENSORS)}", not unknown)
+
+
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value, minimum: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum
+
+
+def _require(value, name: str, allowed: str, ok: bool) -> None:
+    if not ok:
+        raise InvalidInputError(f"{name} must be {allowed}, got {value!r}")
