@@ -525,9 +525,9 @@ class IFEditPipeline(WanImageToVideoPipeline):
             )
 
 
-def uniform_sigmas(num_inference_steps: int) -> list[float]:
+def uniform_sigmas(num_inference_steps: int) -> np.ndarray:
     """Noise levels 1, (n-1)/n, ..., 1/n; the scheduler applies its flow shift on top."""
-    return np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
+    return np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
 
 
 def refine_start_step(num_inference_steps: int, strength: float) -> int:
