@@ -192,7 +192,6 @@ def _edit(args: argparse.Namespace) -> int:
 
     import torch
 
-    logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
     start = time.perf_counter()
     pipe = load_pipeline(preset, options)
     load_seconds = time.perf_counter() - start

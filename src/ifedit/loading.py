@@ -72,6 +72,7 @@ def load_pipeline(preset: Preset, options: LoadOptions = LoadOptions()) -> IFEdi
             "model) and none was found; try --model debug-tiny to check the install on a CPU, or pass "
             "--device cpu to run it on the CPU anyway (hours per edit)"
         )
+    logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
     if preset.model_id is None:
         pipe = IFEditPipeline(**tiny_components("a14b"))
     else:

@@ -1,0 +1,177 @@
+"""The `ifedit` command end to end on a tiny model folder, and every user mistake it must refuse cleanly."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from ifedit.cli import main
+
+FAST = ["--steps", "4", "--frames", "9", "--height", "64", "--width", "96"]
+
+
+@pytest.fixture
+def source(tmp_path, source_image):
+    path = tmp_path / "source.png"
+    source_image.save(path)
+    return path
+
+
+def _edit(source, output, model, *extra):
+    return main(["edit", str(source), "the square slides right", "-o", str(output), "--model", model, *FAST, *extra])
+
+
+def test_edit_writes_the_image_and_its_record(tmp_path, source, tiny_dirs, capsys):
+    output = tmp_path / "out" / "edited.png"
+    output.parent.mkdir()
+    frames = tmp_path / "frames"
+    code = _edit(source, output, tiny_dirs["a14b"], "--seed", "3", "--save-video", "--save-frames", str(frames))
+    assert code == 0
+    assert sorted(path.name for path in output.parent.iterdir()) == ["edited.json", "edited.mp4", "edited.png"]
+    assert PIL.Image.open(output).size == (96, 64)
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["instruction"] == record["prompt"] == "the square slides right"
+    assert record["prompt_enhancement"] == {"backend": "none"}
+    assert record["model"]["model_id"] == tiny_dirs["a14b"] and record["seed"] == 3
+    settings = record["settings"]
+    assert (settings["num_inference_steps"], settings["num_frames"], settings["tld_stride"]) == (4, 9, 3)
+    assert (settings["height"], settings["width"], settings["refine"]) == (64, 96, True)
+    result = record["result"]
+    assert str(result["selected_index"]) in result["sharpness"] and result["kept_latent_frames"] == [0, 2]
+    assert str(result["refine_selected_index"]) in result["refine_sharpness"]
+    assert record["timings"]["load"] > 0 and record["timings"]["total"] > 0
+    assert record["versions"]["torch"] == torch.__version__ and record["versions"]["diffusers"]
+    assert record["outputs"]["video"].endswith("edited.mp4")
+    names = sorted(path.name for path in frames.iterdir())
+    assert "edit_candidates.png" in names and "refine_candidates.png" in names
+    assert names.count("edit_000.png") == 1 and len([n for n in names if n.startswith("refine_0")]) == 5
+    sheet = PIL.Image.open(frames / "edit_candidates.png")
+    assert sheet.width == 4 * (256 + 8)  # the last latent frame's 4 candidates side by side
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_same_seed_same_pixels(tmp_path, source, tiny_dirs):
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    assert _edit(source, first, tiny_dirs["ti2v"], "--seed", "11", "-q") == 0
+    assert _edit(source, second, tiny_dirs["ti2v"], "--seed", "11", "-q") == 0
+    assert np.array_equal(np.asarray(PIL.Image.open(first)), np.asarray(PIL.Image.open(second)))
+    assert json.loads(first.with_suffix(".json").read_text())["seed"] == 11
+
+
+def test_options_reach_the_pipeline(tmp_path, source, tiny_dirs):
+    output = tmp_path / "o.png"
+    code = _edit(source, output, tiny_dirs["wan21"], "--prompt", "a ready video prompt", "--no-refine",
+                 "--tld-stride", "1", "--guidance", "2.5", "-q")  # fmt: skip
+    assert code == 0
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["prompt"] == "a ready video prompt" and record["prompt_enhancement"] == {"backend": "given"}
+    assert record["settings"]["guidance_scale"] == 2.5 and record["settings"]["refine"] is False
+    assert record["result"]["refine_sharpness"] is None and record["result"]["kept_latent_frames"] is None
+
+
+def test_overwrite_replaces_an_existing_output(tmp_path, source, tiny_dirs):
+    output = tmp_path / "o.png"
+    output.write_bytes(b"old")
+    assert _edit(source, output, tiny_dirs["a14b"], "--overwrite", "-q") == 0
+    assert PIL.Image.open(output).size == (96, 64)
+
+
+def _bad_inputs(tmp_path, source):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    small = tmp_path / "small.png"
+    PIL.Image.new("RGB", (40, 90)).save(small)
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("L", (8000, 5001)).save(huge)
+    existing = tmp_path / "out" / "exists.png"
+    existing.write_bytes(b"keep me")
+    out = str(tmp_path / "out" / "new.png")
+    instruction = "the square slides right"
+    return [
+        ([str(tmp_path / "missing.png"), instruction, "-o", out], "image file not found"),
+        ([str(text), instruction, "-o", out], "not an image file"),
+        ([str(small), instruction, "-o", out], "image is too small|small.png is too small: 40x90 px"),
+        ([str(huge), instruction, "-o", out], "too large: 8000x5001 px"),
+        ([str(source), "   ", "-o", out], "instruction must not be empty"),
+        ([str(source), instruction, "-o", out, "--tld-stride", "0"], "tld_stride must be an integer >= 1"),
+        ([str(source), instruction, "-o", out, "--tld-threshold", "0"], r"tld_threshold must be .*\(0, 1\]"),
+        ([str(source), instruction, "-o", out, "--tld-threshold", "1.5"], r"tld_threshold must be .*\(0, 1\]"),
+        ([str(source), instruction, "-o", out, "--frames", "4"], "num_frames must be an integer >= 5, got 4"),
+        ([str(source), instruction, "-o", str(tmp_path / "nowhere" / "x.png")], "output folder does not exist"),
+        ([str(source), instruction, "-o", str(existing)], "output exists: .*exists.png .*--overwrite"),
+        ([str(source), instruction, "-o", str(tmp_path / "out" / "x.gif")], r"must end in one of \.png"),
+        ([str(source), instruction, "-o", out, "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+        ([str(source), instruction, "-o", out, "--model", "wan"], "unknown model 'wan'"),
+        ([str(source), instruction, "-o", out, "--refine-strength", "0"], r"refine_strength must be a number in"),
+        ([str(source), instruction, "-o", out, "--device", "tpu:0"], "unknown device 'tpu:0'"),
+    ]
+
+
+def test_each_bad_input_gets_one_line_and_writes_nothing(tmp_path, source, tiny_dirs, capsys):
+    (tmp_path / "out").mkdir()
+    for arguments, message in _bad_inputs(tmp_path, source):
+        uses_model = "--model" in arguments
+        command = ["edit", *arguments, *FAST[:2], *([] if uses_model else ["--model", tiny_dirs["a14b"]])]
+        try:
+            code = main(command)
+        except SystemExit as exit:  # argparse's own refusals
+            code = exit.code
+        err = capsys.readouterr().err
+        assert code == 2, (arguments, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "error:" in lines[0], (arguments, err)
+        assert __import__("re").search(message, lines[0]), (message, lines[0])
+        assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["exists.png"]
+        assert (tmp_path / "out" / "exists.png").read_bytes() == b"keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_large_model_without_gpu_says_what_to_do(tmp_path, source, capsys):
+    code = main(["edit", str(source), "melt", "-o", str(tmp_path / "o.png")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert "needs a CUDA GPU" in err and "debug-tiny" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_save_frames_refuses_a_full_folder(tmp_path, source, tiny_dirs, capsys):
+    full = tmp_path / "frames"
+    full.mkdir()
+    (full / "old.png").write_bytes(b"x")
+    code = _edit(source, tmp_path / "o.png", tiny_dirs["a14b"], "--save-frames", str(full))
+    assert code == 2 and "is not empty" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_info_lists_presets_and_versions(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for text in ("paper", "debug-tiny", "wan2.2-ti2v-5b", "Wan-AI/Wan2.2-I2V-A14B-Diffusers", "torch", "diffusers"):
+        assert text in out
+
+
+def test_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["edit", "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--model", "--tld-stride", "--tld-threshold", "--no-refine", "--prompt", "--save-video",
+                 "--save-frames", "--offload", "--seed", "--lora-scale"):  # fmt: skip
+        assert flag in out
+
+
+def test_installed_command_runs_the_smoke_test_preset(tmp_path, source):
+    output = tmp_path / "smoke.png"
+    completed = subprocess.run(
+        [sys.executable, "-m", "ifedit", "edit", str(source), "the square slides right", "-o", str(output),
+         "--model", "debug-tiny", "--seed", "0"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert PIL.Image.open(output).size == (96, 64)
+    assert json.loads(output.with_suffix(".json").read_text())["model"]["preset"] == "debug-tiny"

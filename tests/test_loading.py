@@ -1,0 +1,164 @@
+"""From a --model string to a placed pipeline: presets, local folders, Hub ids, dtypes, schedulers, LoRAs."""
+
+import dataclasses
+
+import PIL.Image
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from peft import LoraConfig, get_peft_model_state_dict
+
+from ifedit import IFEditPipeline
+from ifedit.errors import InvalidInputError, SetupError
+from ifedit.loading import LoadOptions, load_pipeline, resolve_device, resolve_dtype
+from ifedit.presets import PRESETS, LoraWeights, custom_preset, get_preset, resolve_model
+from ifedit.tiny import tiny_transformer
+
+CPU = LoadOptions(device="cpu")
+
+
+def test_paper_preset_holds_the_recipe():
+    paper = get_preset("paper")
+    assert (paper.num_inference_steps, paper.guidance_scale, paper.flow_shift, paper.num_frames) == (8, 1.0, 5.0, 33)
+    assert (paper.tld_stride, paper.max_area, paper.scheduler, paper.sigma_schedule) == (
+        3,
+        480 * 832,
+        "euler",
+        "uniform",
+    )
+    assert [(lora.weight_name, lora.target) for lora in paper.loras] == [
+        ("high_noise_model.safetensors", "transformer"),
+        ("low_noise_model.safetensors", "transformer_2"),
+    ]
+    assert paper.model_id == "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+    kwargs = paper.call_kwargs()
+    assert kwargs["num_inference_steps"] == 8 and kwargs["tld_stride"] == 3 and kwargs["sigma_schedule"] == "uniform"
+
+
+def test_resolve_model(tmp_path, tiny_dirs):
+    assert resolve_model("paper").name == "paper"
+    assert resolve_model("Wan-AI/Wan2.2-TI2V-5B-Diffusers").name == "wan2.2-ti2v-5b"
+    assert resolve_model("Wan-AI/Wan2.2-I2V-A14B-Diffusers").name == "wan2.2-i2v-a14b"  # the LoRA-free preset
+    someone = resolve_model("someone/their-wan-finetune")
+    assert (someone.name, someone.model_id, someone.loras, someone.scheduler) == (
+        "custom", "someone/their-wan-finetune", (), None,
+    )  # fmt: skip
+    local = resolve_model(tiny_dirs["a14b"])
+    assert local.model_id == tiny_dirs["a14b"] and local.gpu_memory_gb == 0
+    with pytest.raises(InvalidInputError, match="has no model_index.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(InvalidInputError, match="unknown model 'wan'.*give a preset"):
+        resolve_model("wan")
+    with pytest.raises(InvalidInputError, match="unknown preset 'fast'; choose one of paper"):
+        get_preset("fast")
+
+
+def test_debug_tiny_builds_in_memory_and_edits():
+    pipe = load_pipeline(get_preset("debug-tiny"), CPU)
+    assert isinstance(pipe, IFEditPipeline) and pipe.transformer_2 is not None
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift == 5.0
+    pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.new("RGB", (96, 64), (10, 200, 30))
+    result = pipe(
+        image, "anything", generator=torch.Generator().manual_seed(0), **get_preset("debug-tiny").call_kwargs()
+    )
+    assert result.image.size == (96, 64)
+
+
+def test_presets_pick_their_scheduler(tiny_dirs):
+    preset = dataclasses.replace(custom_preset(tiny_dirs["a14b"]), scheduler="unipc", flow_shift=3.0)
+    pipe = load_pipeline(preset, CPU)
+    assert isinstance(pipe.scheduler, UniPCMultistepScheduler)
+    assert pipe.scheduler.config.flow_shift == 3.0 and pipe.scheduler.config.use_flow_sigmas
+    kept = load_pipeline(custom_preset(tiny_dirs["a14b"]), CPU)  # no preset: the folder's own scheduler
+    assert isinstance(kept.scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def test_dtype_and_device_choices(tiny_dirs):
+    pipe = load_pipeline(custom_preset(tiny_dirs["wan21"]), LoadOptions(device="cpu", dtype="bfloat16"))
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float32 and pipe.image_encoder.dtype == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(InvalidInputError, match="unknown dtype 'fp8'"):
+        resolve_dtype("fp8", torch.device("cpu"))
+    with pytest.raises(InvalidInputError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    with pytest.raises(InvalidInputError, match="--offload model moves weights to an accelerator"):
+        load_pipeline(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", offload="model"))
+
+
+def test_vae_tiling_option(tiny_dirs):
+    pipe = load_pipeline(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", vae_tiling=True))
+    assert pipe.vae.use_tiling
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_large_presets_say_what_to_do_without_a_gpu():
+    with pytest.raises(SetupError, match="needs a CUDA GPU .*--model debug-tiny.*--device cpu"):
+        load_pipeline(get_preset("paper"), LoadOptions())
+
+
+def test_missing_download_says_how_to_get_the_weights(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    preset = resolve_model("nobody-here/no-such-wan-model")
+    with pytest.raises(SetupError, match="could not get nobody-here/no-such-wan-model .*hf download"):
+        load_pipeline(preset, LoadOptions(device="cpu", local_files_only=True))
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory):
+    """Two LoRA files for the tiny experts, saved the way published Wan LoRAs are."""
+    folder = tmp_path_factory.mktemp("lora")
+    for seed, name in ((5, "high.safetensors"), (6, "low.safetensors")):
+        transformer = tiny_transformer("a14b", seed=seed)
+        config = LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k"], init_lora_weights=False)
+        transformer.add_adapter(config)
+        IFEditPipeline.save_lora_weights(
+            folder, transformer_lora_layers=get_peft_model_state_dict(transformer), weight_name=name
+        )
+    return str(folder)
+
+
+def _query_weight(pipe, expert):
+    return getattr(pipe, expert).blocks[0].attn1.to_q.weight.detach().clone()
+
+
+def test_loras_are_fused_into_their_expert_at_their_scale(tiny_dirs, lora_dir):
+    base = load_pipeline(custom_preset(tiny_dirs["a14b"]), CPU)
+    loras = (
+        LoraWeights(lora_dir, "high.safetensors", "transformer", scale=1.0),
+        LoraWeights(lora_dir, "low.safetensors", "transformer_2", scale=0.5),
+    )
+    full = load_pipeline(custom_preset(tiny_dirs["a14b"]).with_loras(loras), CPU)
+    half = load_pipeline(custom_preset(tiny_dirs["a14b"]).with_loras(loras[:1]), CPU)
+    for expert in ("transformer", "transformer_2"):
+        assert not torch.equal(_query_weight(full, expert), _query_weight(base, expert))
+        assert type(getattr(full, expert).blocks[0].attn1.to_q) is torch.nn.Linear  # fused, adapter layers gone
+    # Only the named expert changes; the scale multiplies the LoRA's delta.
+    assert torch.equal(_query_weight(half, "transformer_2"), _query_weight(base, "transformer_2"))
+    delta_high = _query_weight(full, "transformer") - _query_weight(base, "transformer")
+    double = load_pipeline(
+        custom_preset(tiny_dirs["a14b"]).with_loras((dataclasses.replace(loras[0], scale=2.0),)), CPU
+    )
+    torch.testing.assert_close(
+        _query_weight(double, "transformer") - _query_weight(base, "transformer"), 2 * delta_high
+    )
+
+
+def test_lora_errors_name_the_problem(tiny_dirs, lora_dir):
+    one_expert = custom_preset(tiny_dirs["ti2v"]).with_loras(
+        (LoraWeights(lora_dir, "low.safetensors", "transformer_2"),)
+    )
+    with pytest.raises(SetupError, match="targets transformer_2, which this model does not have"):
+        load_pipeline(one_expert, CPU)
+    missing = custom_preset(tiny_dirs["a14b"]).with_loras((LoraWeights(lora_dir, "nope.safetensors", "transformer"),))
+    with pytest.raises(SetupError, match="could not load LoRA .*nope.safetensors"):
+        load_pipeline(missing, CPU)
+
+
+def test_every_preset_has_a_complete_recipe():
+    for preset in PRESETS.values():
+        kwargs = preset.call_kwargs()
+        assert kwargs["num_inference_steps"] >= 1 and (kwargs["num_frames"] - 1) % 4 == 0
+        assert preset.fps > 0 and preset.max_area > 0
