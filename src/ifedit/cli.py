@@ -385,6 +385,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {preset.name:<16} {memory:<10} {preset.description}")
         if preset.model_id:
             print(f"  {'':<16} {'':<10} weights: {preset.model_id}")
+        if preset.notes:
+            print(f"  {'':<16} {'':<10} {preset.notes}")
     print(f"Hugging Face cache: {os.environ.get('HF_HOME', '~/.cache/huggingface')}")
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,6 @@ class Preset:
     loras: tuple[LoraWeights, ...] = ()
     gpu_memory_gb: float = 0.0  # what one edit needs on a GPU without offloading; 0 = runs anywhere
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def call_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `IFEditPipeline.__call__` that carry this preset's recipe."""
@@ -87,7 +86,7 @@ PRESETS: dict[str, Preset] = {
                 LoraWeights(LIGHTNING_SOURCE, "high_noise_model.safetensors", "transformer", LIGHTNING_FOLDER),
                 LoraWeights(LIGHTNING_SOURCE, "low_noise_model.safetensors", "transformer_2", LIGHTNING_FOLDER),
             ),
-            gpu_memory_gb=40,
+            gpu_memory_gb=70,
             notes="about 12 s per edit on one H100 in the paper; ~60 GB download",
         ),
         Preset(
@@ -102,7 +101,7 @@ PRESETS: dict[str, Preset] = {
             num_frames=81,
             fps=16,
             max_area=AREA_480P,
-            gpu_memory_gb=60,
+            gpu_memory_gb=70,
             notes="several minutes per edit on one H100",
         ),
         Preset(
@@ -129,7 +128,7 @@ PRESETS: dict[str, Preset] = {
             num_frames=81,
             fps=16,
             max_area=AREA_480P,
-            gpu_memory_gb=40,
+            gpu_memory_gb=45,
         ),
         Preset(
             name="debug-tiny",
