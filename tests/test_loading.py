@@ -1,6 +1,8 @@
 """From a --model string to a placed pipeline: presets, local folders, Hub ids, dtypes, schedulers, LoRAs."""
 
 import dataclasses
+import json
+import shutil
 
 import PIL.Image
 import pytest
@@ -162,3 +164,29 @@ def test_every_preset_has_a_complete_recipe():
         kwargs = preset.call_kwargs()
         assert kwargs["num_inference_steps"] >= 1 and (kwargs["num_frames"] - 1) % 4 == 0
         assert preset.fps > 0 and preset.max_area > 0
+
+
+@pytest.mark.parametrize(
+    ("variant", "class_name", "drop"),
+    [
+        ("ti2v", "WanPipeline", ("image_encoder", "image_processor")),  # how TI2V-5B is published
+        ("a14b", "WanImageToVideoPipeline", ()),  # how Wan2.2-I2V-A14B is published
+        ("wan21", "WanImageToVideoPipeline", ("transformer_2", "boundary_ratio", "expand_timesteps")),
+    ],
+)
+def test_folders_published_for_diffusers_pipelines_load(tmp_path, tiny_dirs, variant, class_name, drop):
+    folder = tmp_path / variant
+    shutil.copytree(tiny_dirs[variant], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = class_name
+    for key in drop:
+        index.pop(key)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = load_pipeline(resolve_model(str(folder)), CPU)
+    assert isinstance(pipe, IFEditPipeline)
+    assert pipe.config.expand_timesteps == (variant == "ti2v")
+    assert (pipe.transformer_2 is not None) == (variant == "a14b")
+    assert (pipe.image_encoder is not None) == (variant == "wan21")
+    pipe.set_progress_bar_config(disable=True)
+    result = pipe(PIL.Image.new("RGB", (96, 64)), "x", height=64, width=96, num_frames=5, num_inference_steps=2)
+    assert result.image.size == (96, 64)
