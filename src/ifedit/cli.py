@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
-import secrets
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from . import __version__
 from .errors import IFEditError, InvalidInputError
 from .io import check_output_path, load_image
-from .options import check_options
+from .options import check_options, edit_settings
 from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
 
 logger = logging.getLogger("ifedit")
@@ -168,7 +164,25 @@ def main(argv: list[str] | None = None) -> int:
 def _edit(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the (slow) model load.
     preset = _with_lora_options(resolve_model(args.model), args)
-    settings = _settings(args, preset)
+    settings = edit_settings(
+        preset,
+        num_inference_steps=args.steps,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        guidance_scale=args.guidance,
+        guidance_scale_2=args.guidance_2,
+        negative_prompt=args.negative_prompt,
+        tld_stride=args.tld_stride,
+        tld_threshold=args.tld_threshold,
+        tld_history=args.tld_history,
+        tld_positions=args.tld_positions,
+        refine=not args.no_refine,
+        refine_prompt=args.refine_prompt,
+        refine_frames=args.refine_frames,
+        refine_steps=args.refine_steps,
+        refine_strength=args.refine_strength,
+    )
     instruction = args.instruction.strip()
     if not instruction:
         raise InvalidInputError("instruction must not be empty")
@@ -177,7 +191,9 @@ def _edit(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     outputs = _output_paths(args)
     _quiet_libraries()
-    from .loading import LoadOptions, load_pipeline, resolve_device, resolve_dtype
+    from .editor import Editor, final_frame
+    from .io import save_image, save_json
+    from .loading import LoadOptions
 
     options = LoadOptions(
         device=args.device,
@@ -186,23 +202,19 @@ def _edit(args: argparse.Namespace) -> int:
         vae_tiling=args.vae_tiling,
         local_files_only=args.offline,
     )
-    device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-
-    import torch
-
-    start = time.perf_counter()
-    pipe = load_pipeline(preset, options)
-    load_seconds = time.perf_counter() - start
-    pipe.set_progress_bar_config(disable=args.quiet, leave=False)
-    result = pipe(
+    editor = Editor(preset, options)
+    editor.pipe.set_progress_bar_config(disable=args.quiet, leave=False)
+    edit = editor.edit(
         image,
-        prompt,
-        generator=torch.Generator("cpu").manual_seed(seed),
+        instruction,
+        settings,
+        prompt=prompt,
+        prompt_provenance={"backend": "given" if args.prompt is not None else "none"},
+        seed=args.seed,
         return_frames=bool(args.save_video or args.save_frames),
-        **settings,
+        source=str(Path(args.image).resolve()),
     )
+    result = edit.result
 
     # Side outputs first and the image and its record last: a JSON beside an image means the edit finished.
     if args.save_frames:
@@ -211,80 +223,21 @@ def _edit(args: argparse.Namespace) -> int:
         from .report import save_video
 
         save_video(result.frames, outputs["video"], preset.fps)
-    from .io import save_image, save_json
-    from .report import versions
-
     save_image(result.image, outputs["image"])
-    record = {
-        "ifedit": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"path": str(Path(args.image).resolve()), "width": image.width, "height": image.height},
-        "instruction": instruction,
-        "prompt": prompt,
-        "prompt_enhancement": {"backend": "given" if args.prompt is not None else "none"},
-        "model": _model_record(preset),
-        "seed": seed,
-        "settings": {**settings, "height": result.height, "width": result.width, "num_frames": result.num_frames},
-        "placement": {
-            "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."),
-            "offload": args.offload,
-            "vae_tiling": args.vae_tiling,
-        },
-        "result": {
-            "selected_index": result.selected_index,
-            "sharpness": result.sharpness,
-            "kept_latent_frames": result.kept_latent_frames,
-            "refine_selected_index": result.refine_selected_index,
-            "refine_sharpness": result.refine_sharpness,
-            "refine_kept_latent_frames": result.refine_kept_latent_frames,
-        },
-        "timings": {"load": load_seconds, **result.timings},
-        "outputs": {name: str(path) for name, path in outputs.items() if name != "record"},
-        "versions": versions(),
-        "argv": sys.argv[1:],
-    }
-    save_json(record, outputs["record"])
-    final_scores = result.refine_sharpness or result.sharpness
-    final_index = result.refine_selected_index if result.refine_sharpness else result.selected_index
+    outputs_record = {name: str(path) for name, path in outputs.items() if name != "record"}
+    save_json({**edit.record, "outputs": outputs_record, "argv": sys.argv[1:]}, outputs["record"])
+    index, sharpness = final_frame(result)
     logger.info(
         "wrote %s (%dx%d, frame %d, sharpness %.1f) in %.1f s; record: %s",
         outputs["image"],
         result.width,
         result.height,
-        final_index,
-        final_scores[final_index],
+        index,
+        sharpness,
         result.timings["total"],
         outputs["record"],
     )
     return 0
-
-
-def _settings(args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
-    """Pipeline keyword arguments: the preset's recipe, overridden by what the user gave."""
-    settings = preset.call_kwargs()
-    overrides = {
-        "num_inference_steps": args.steps,
-        "num_frames": args.frames,
-        "guidance_scale": args.guidance,
-        "guidance_scale_2": args.guidance_2,
-        "tld_stride": args.tld_stride,
-        "tld_threshold": args.tld_threshold,
-        "refine_prompt": args.refine_prompt,
-        "refine_frames": args.refine_frames,
-        "refine_steps": args.refine_steps,
-        "negative_prompt": args.negative_prompt,
-    }
-    settings.update({name: value for name, value in overrides.items() if value is not None})
-    settings.update(
-        height=args.height,
-        width=args.width,
-        tld_history=args.tld_history,
-        tld_positions=args.tld_positions,
-        refine=not args.no_refine,
-        refine_strength=args.refine_strength,
-    )
-    return settings
 
 
 def _with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
@@ -350,16 +303,6 @@ def _write_frames(result, folder: Path) -> None:
         save_frames(result.refine_frames, folder, "refine")
         sheet = candidate_sheet(result.refine_frames, result.refine_sharpness, result.refine_selected_index)
         save_image(sheet, folder / "refine_candidates.png")
-
-
-def _model_record(preset: Preset) -> dict[str, Any]:
-    return {
-        "preset": preset.name,
-        "model_id": preset.model_id,
-        "scheduler": preset.scheduler,
-        "flow_shift": preset.flow_shift,
-        "loras": [dataclasses.asdict(lora) for lora in preset.loras],
-    }
 
 
 def _info(args: argparse.Namespace) -> int:

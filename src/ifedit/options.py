@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from .errors import InvalidInputError
+from .presets import Preset
 
 MIN_FRAMES = 5
 HistoryMode = Literal["slice", "reset"]
@@ -87,3 +88,28 @@ def _is_number(value, minimum: float) -> bool:
 def _require(value, name: str, allowed: str, ok: bool) -> None:
     if not ok:
         raise InvalidInputError(f"{name} must be {allowed}, got {value!r}")
+
+
+# Options the pipeline takes that are not part of a preset's recipe, with their defaults.
+EDIT_DEFAULTS: dict[str, Any] = {
+    "negative_prompt": None,
+    "height": None,
+    "width": None,
+    "tld_history": "slice",
+    "tld_positions": "contiguous",
+    "refine": True,
+    "refine_prompt": None,
+    "refine_frames": None,
+    "refine_steps": None,
+    "refine_strength": 1.0,
+}
+
+
+def edit_settings(preset: Preset, **overrides: Any) -> dict[str, Any]:
+    """Pipeline keyword arguments: the preset's recipe and our defaults, with every override that is not None."""
+    unknown = set(overrides) - set(EDIT_DEFAULTS) - set(preset.call_kwargs())
+    if unknown:
+        raise TypeError(f"unknown edit settings: {', '.join(sorted(unknown))}")
+    settings = {**preset.call_kwargs(), **EDIT_DEFAULTS}
+    settings.update({name: value for name, value in overrides.items() if value is not None})
+    return settings

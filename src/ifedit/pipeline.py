@@ -136,7 +136,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         tld_history: HistoryMode = "slice",
         tld_positions: PositionMode = "contiguous",
         refine: bool = True,
-        refine_prompt: str = DEFAULT_REFINE_PROMPT,
+        refine_prompt: str | None = None,
         refine_frames: int | None = None,
         refine_steps: int | None = None,
         refine_strength: float = 1.0,
@@ -171,7 +171,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
             tld_positions: "contiguous" renumbers kept frames 0, 1, 2, ... for RoPE; "original" keeps their
                 positions in the full clip.
             refine: run self-consistent post-refinement (SPEC step 5) on the chosen frame.
-            refine_prompt: the "still video" prompt of the refinement pass.
+            refine_prompt: the "still video" prompt of the refinement pass (default `DEFAULT_REFINE_PROMPT`).
             refine_frames: frames of the refinement clip; defaults to `num_frames`.
             refine_steps: steps of the refinement pass; defaults to `num_inference_steps`.
             refine_strength: 1.0 starts refinement from pure noise; below 1 from the chosen frame re-noised to
@@ -220,7 +220,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         # 1. Encode the edit prompt and the refinement prompt together, so an offloaded encoder loads once.
         with timer("text_encoding"):
             use_guidance = max(guidance_scale, guidance_scale_2) > 1
-            prompts = [prompt, refine_prompt] if refine else [prompt]
+            prompts = [prompt, refine_prompt or DEFAULT_REFINE_PROMPT] if refine else [prompt]
             embeds, negative_embeds = self.encode_prompt(
                 prompt=prompts,
                 negative_prompt=[negative_prompt or ""] * len(prompts),

@@ -1,0 +1,117 @@
+"""An editor: one loaded model and its recipe, turning (image, prompt) into an edit and the record of how it was made.
+
+The command line, the web UI and the benchmark runner all edit through this, so every output is recorded alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import PIL.Image
+import torch
+
+from . import __version__
+from .loading import LoadOptions, load_pipeline, resolve_device, resolve_dtype
+from .pipeline import IFEditPipelineOutput
+from .presets import Preset
+from .report import versions
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+@dataclass
+class Edit:
+    """A finished edit: the pipeline's output and the JSON-able record of how it was made."""
+
+    result: IFEditPipelineOutput
+    record: dict[str, Any]
+
+
+class Editor:
+    """Loads a preset's model once and edits with it as often as asked."""
+
+    def __init__(self, preset: Preset, options: LoadOptions | None = None):
+        self.preset = preset
+        self.options = options = options or LoadOptions()
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        start = time.perf_counter()
+        self.pipe = load_pipeline(preset, options)
+        self.load_seconds = time.perf_counter() - start
+
+    def edit(
+        self,
+        image: PIL.Image.Image,
+        instruction: str,
+        settings: dict[str, Any],
+        *,
+        prompt: str | None = None,
+        prompt_provenance: dict[str, Any] | None = None,
+        seed: int | None = None,
+        return_frames: bool = False,
+        callback: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        source: str | None = None,
+    ) -> Edit:
+        """Edit `image`; `prompt` is the video prompt (the instruction itself when None), `seed` drawn if None."""
+        seed = new_seed() if seed is None else seed
+        prompt = instruction if prompt is None else prompt
+        result = self.pipe(
+            image,
+            prompt,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            return_frames=return_frames,
+            callback_on_step_end=callback,
+            **settings,
+        )
+        record = {
+            "ifedit": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": {"path": source, "width": image.width, "height": image.height},
+            "instruction": instruction,
+            "prompt": prompt,
+            "prompt_enhancement": prompt_provenance or {"backend": "none"},
+            "model": self.model_record(),
+            "seed": seed,
+            "settings": {**settings, "height": result.height, "width": result.width, "num_frames": result.num_frames},
+            "placement": {
+                "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "offload": self.options.offload,
+                "vae_tiling": self.options.vae_tiling,
+            },
+            "result": {
+                "selected_index": result.selected_index,
+                "sharpness": result.sharpness,
+                "kept_latent_frames": result.kept_latent_frames,
+                "refine_selected_index": result.refine_selected_index,
+                "refine_sharpness": result.refine_sharpness,
+                "refine_kept_latent_frames": result.refine_kept_latent_frames,
+            },
+            "timings": {"load": self.load_seconds, **result.timings},
+            "versions": versions(),
+        }
+        return Edit(result=result, record=record)
+
+    def model_record(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset.name,
+            "model_id": self.preset.model_id,
+            "scheduler": self.preset.scheduler,
+            "flow_shift": self.preset.flow_shift,
+            "loras": [dataclasses.asdict(lora) for lora in self.preset.loras],
+        }
+
+
+def final_frame(result: IFEditPipelineOutput) -> tuple[int, float]:
+    """Index and sharpness of the frame the edit returned (the refinement clip's when refinement ran)."""
+    if result.refine_sharpness is not None:
+        return result.refine_selected_index, result.refine_sharpness[result.refine_selected_index]
+    return result.selected_index, result.sharpness[result.selected_index]
