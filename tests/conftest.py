@@ -9,6 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
+from chat_server import ChatServer
 from ifedit import IFEditPipeline
 from ifedit.tiny import VARIANTS, tiny_components
 
@@ -55,3 +56,22 @@ def source_image() -> PIL.Image.Image:
 @pytest.fixture
 def generator():
     return torch.Generator("cpu").manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No test sees the developer's VLM settings, and each writes its prompt cache to its own folder."""
+    for name in ("IFEDIT_VLM_BASE_URL", "IFEDIT_VLM_MODEL", "IFEDIT_VLM_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IFEDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the test server is local even where a proxy is configured
+
+
+@pytest.fixture
+def chat_server():
+    """A running chat-completions server on a free loopback port."""
+    server = ChatServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()

@@ -9,6 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
+from chat_server import GOOD_ANSWER, Reply
 from ifedit.cli import main
 
 FAST = ["--steps", "4", "--frames", "9", "--height", "64", "--width", "96"]
@@ -34,8 +35,12 @@ def test_edit_writes_the_image_and_its_record(tmp_path, source, tiny_dirs, capsy
     assert sorted(path.name for path in output.parent.iterdir()) == ["edited.json", "edited.mp4", "edited.png"]
     assert PIL.Image.open(output).size == (96, 64)
     record = json.loads(output.with_suffix(".json").read_text())
-    assert record["instruction"] == record["prompt"] == "the square slides right"
-    assert record["prompt_enhancement"] == {"backend": "none"}
+    # With no VLM configured the offline template writes the prompt, and says so.
+    assert record["instruction"] == "the square slides right"
+    assert "the square slides right" in record["prompt"] and "camera" in record["prompt"].lower()
+    enhancement = record["prompt_enhancement"]
+    assert enhancement["backend"] == "template" and enhancement["prompt"] == record["prompt"]
+    assert "no VLM configured" in enhancement["fallbacks"][0]["reason"]
     assert record["model"]["model_id"] == tiny_dirs["a14b"] and record["seed"] == 3
     settings = record["settings"]
     assert (settings["num_inference_steps"], settings["num_frames"], settings["tld_stride"]) == (4, 9, 3)
@@ -51,7 +56,8 @@ def test_edit_writes_the_image_and_its_record(tmp_path, source, tiny_dirs, capsy
     assert names.count("edit_000.png") == 1 and len([n for n in names if n.startswith("refine_0")]) == 5
     sheet = PIL.Image.open(frames / "edit_candidates.png")
     assert sheet.width == 4 * (256 + 8)  # the last latent frame's 4 candidates side by side
-    assert "wrote" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "wrote" in err and "no VLM configured" in err
 
 
 def test_same_seed_same_pixels(tmp_path, source, tiny_dirs):
@@ -175,3 +181,58 @@ def test_installed_command_runs_the_smoke_test_preset(tmp_path, source):
     assert "Traceback" not in completed.stderr
     assert PIL.Image.open(output).size == (96, 64)
     assert json.loads(output.with_suffix(".json").read_text())["model"]["preset"] == "debug-tiny"
+
+
+def test_prompt_command_asks_the_configured_server(tmp_path, source, chat_server, capsys):
+    code = main(["prompt", str(source), "make the square a triangle", "--vlm-base-url", chat_server.url,
+                 "--vlm-api-model", "tiny-vlm", "--vlm-api-key", "k"])  # fmt: skip
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == GOOD_ANSWER
+    assert "written by api (tiny-vlm)" in err
+    payload = chat_server.payload()
+    assert payload["model"] == "tiny-vlm"
+    content = payload["messages"][-1]["content"]
+    assert any(part.get("type") == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
+               for part in content)  # fmt: skip
+    assert main(["prompt", str(source), "A red triangle.", "--input-kind", "target", "--prompt-enhancer",
+                 "template", "--json"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert record["backend"] == "template" and record["input_kind"] == "target"
+
+
+def test_edit_uses_the_server_from_the_environment(tmp_path, source, tiny_dirs, chat_server, monkeypatch):
+    monkeypatch.setenv("IFEDIT_VLM_BASE_URL", chat_server.url)
+    monkeypatch.setenv("IFEDIT_VLM_MODEL", "tiny-vlm")
+    output = tmp_path / "o.png"
+    assert _edit(source, output, tiny_dirs["a14b"], "-q") == 0
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["prompt"] == GOOD_ANSWER
+    assert record["prompt_enhancement"]["backend"] == "api" and record["prompt_enhancement"]["model"] == "tiny-vlm"
+    assert record["prompt_enhancement"]["fallbacks"] == []
+    assert len(chat_server.requests) == 1
+
+
+def test_a_failing_server_falls_back_visibly_or_stops_when_strict(tmp_path, source, tiny_dirs, chat_server, capsys):
+    chat_server.replies = [Reply(status=401, body={"error": {"message": "bad key"}})]
+    output = tmp_path / "o.png"
+    args = ["--vlm-base-url", chat_server.url, "--vlm-api-model", "m"]
+    assert _edit(source, output, tiny_dirs["a14b"], *args) == 0
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["prompt_enhancement"]["backend"] == "template"
+    [fallback] = record["prompt_enhancement"]["fallbacks"]
+    assert fallback["backend"] == "api" and "401" in fallback["reason"]
+    assert "falling back to template" in capsys.readouterr().err
+    chat_server.replies = [Reply(status=401, body={"error": {"message": "bad key"}})]
+    strict = tmp_path / "strict.png"
+    assert _edit(source, strict, tiny_dirs["a14b"], *args, "--strict-prompt") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "401" in err
+    assert not strict.exists() and not strict.with_suffix(".json").exists()
+
+
+def test_enhancement_can_be_turned_off(tmp_path, source, tiny_dirs):
+    output = tmp_path / "o.png"
+    assert _edit(source, output, tiny_dirs["a14b"], "--prompt-enhancer", "none", "-q") == 0
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["prompt"] == "the square slides right" and record["prompt_enhancement"]["backend"] == "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from .errors import IFEditError, InvalidInputError
 from .io import check_output_path, load_image
 from .options import check_options, edit_settings
 from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
+from .prompting import DEFAULT_LOCAL_MODEL, ENHANCER_CHOICES, INPUT_KINDS
 
 logger = logging.getLogger("ifedit")
 
@@ -38,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ifedit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_edit_parser(commands)
+    prompt = commands.add_parser(
+        "prompt",
+        help="write the video prompt for an image and instruction, without editing",
+        description="Print the time-ordered video prompt that `ifedit edit` would use for IMAGE and TEXT, and "
+        "which backend wrote it.",
+    )
+    prompt.add_argument("image", help="source image")
+    prompt.add_argument("text", help="the instruction (or, with --input-kind target, a caption of the result)")
+    _add_prompt_arguments(prompt)
+    prompt.add_argument("--json", action="store_true", help="print the full record as JSON")
     commands.add_parser(
         "info",
         help="show versions, devices and model presets",
@@ -67,8 +79,8 @@ def _add_edit_parser(commands) -> None:
     )
     edit.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
 
-    prompt = edit.add_argument_group("prompt")
-    prompt.add_argument("--prompt", help="a ready video prompt to use instead of the instruction")
+    prompt = _add_prompt_arguments(edit)
+    prompt.add_argument("--prompt", help="a ready video prompt: skips prompt enhancement")
     prompt.add_argument("--negative-prompt", help="what to avoid (only used when guidance is above 1)")
 
     model = edit.add_argument_group("model and memory")
@@ -145,11 +157,78 @@ def _add_edit_parser(commands) -> None:
     )
 
 
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Options of the prompt-enhancement stage, shared by `edit` and `prompt`."""
+    group = parser.add_argument_group(
+        "prompt enhancement",
+        "A vision-language model rewrites the instruction as a time-ordered video prompt. By default: the "
+        "OpenAI-compatible server in $IFEDIT_VLM_BASE_URL (model $IFEDIT_VLM_MODEL, key $IFEDIT_VLM_API_KEY or "
+        "$OPENAI_API_KEY) if set, else the local model named by --vlm, else an offline template.",
+    )
+    group.add_argument("--prompt-enhancer", choices=ENHANCER_CHOICES, default="auto", help="force a backend")
+    group.add_argument(
+        "--input-kind",
+        choices=INPUT_KINDS,
+        default="instruction",
+        help="the text is an instruction ('make the dog sit') or a target caption ('A sitting dog.')",
+    )
+    group.add_argument("--vlm", metavar="MODEL", help=f"local VLM (Hub id or folder), e.g. {DEFAULT_LOCAL_MODEL}")
+    group.add_argument("--vlm-base-url", metavar="URL", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    group.add_argument("--vlm-api-model", metavar="NAME", help="model name on that server")
+    group.add_argument(
+        "--vlm-api-key",
+        metavar="KEY",
+        help="API key (prefer $IFEDIT_VLM_API_KEY: a command line is visible to other users)",
+    )
+    group.add_argument("--vlm-timeout", type=float, default=60.0, metavar="S", help="seconds per request")
+    group.add_argument("--no-cache", action="store_true", help="ask the VLM again instead of reusing its answer")
+    group.add_argument(
+        "--strict-prompt",
+        action="store_true",
+        help="stop with an error instead of falling back to the next prompt backend",
+    )
+    return group
+
+
+def _enhance(args: argparse.Namespace, image, text: str, device: str | None = None):
+    """Run the prompt stage as the arguments ask (before any video model is loaded)."""
+    from .prompting import enhance
+
+    return enhance(
+        image,
+        text,
+        kind=args.input_kind,
+        enhancer=args.prompt_enhancer,
+        vlm_model=args.vlm,
+        api_base_url=args.vlm_base_url,
+        api_model=args.vlm_api_model,
+        api_key=args.vlm_api_key,
+        timeout=args.vlm_timeout,
+        use_cache=not args.no_cache,
+        strict=args.strict_prompt,
+        device=device,
+    )
+
+
+def _prompt(args: argparse.Namespace) -> int:
+    result = _enhance(args, load_image(args.image), args.text)
+    if args.json:
+        print(json.dumps(result.to_record(), indent=2, ensure_ascii=False))
+        return 0
+    print(result.prompt)
+    source = result.backend + (f" ({result.model})" if result.model else "")
+    cached = ", from cache" if result.cached else ""
+    print(f"# written by {source} in {result.elapsed_s:.1f} s{cached}", file=sys.stderr)
+    for fallback in result.fallbacks:
+        print(f"# passed over {fallback.backend}: {fallback.reason}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
-        return {"edit": _edit, "info": _info}[args.command](args)
+        return {"edit": _edit, "prompt": _prompt, "info": _info}[args.command](args)
     except InvalidInputError as error:
         print(f"ifedit: error: {error}", file=sys.stderr)
         return EXIT_INPUT
@@ -186,14 +265,15 @@ def _edit(args: argparse.Namespace) -> int:
     instruction = args.instruction.strip()
     if not instruction:
         raise InvalidInputError("instruction must not be empty")
-    prompt = args.prompt.strip() if args.prompt is not None else instruction
-    check_options(prompt=prompt, **settings)
+    if args.prompt is not None and not args.prompt.strip():
+        raise InvalidInputError("--prompt must not be empty")
+    check_options(prompt=args.prompt or instruction, **settings)
     image = load_image(args.image)
     outputs = _output_paths(args)
     _quiet_libraries()
     from .editor import Editor, final_frame
     from .io import save_image, save_json
-    from .loading import LoadOptions
+    from .loading import LoadOptions, check_placement
 
     options = LoadOptions(
         device=args.device,
@@ -202,6 +282,13 @@ def _edit(args: argparse.Namespace) -> int:
         vae_tiling=args.vae_tiling,
         local_files_only=args.offline,
     )
+    check_placement(preset, options)
+    # The prompt stage runs first: a local VLM is loaded, used and released before the video model loads.
+    if args.prompt is not None:
+        prompt, provenance = args.prompt.strip(), {"backend": "given"}
+    else:
+        enhanced = _enhance(args, image, instruction, device=None if args.device == "auto" else args.device)
+        prompt, provenance = enhanced.prompt, enhanced.to_record()
     editor = Editor(preset, options)
     editor.pipe.set_progress_bar_config(disable=args.quiet, leave=False)
     edit = editor.edit(
@@ -209,7 +296,7 @@ def _edit(args: argparse.Namespace) -> int:
         instruction,
         settings,
         prompt=prompt,
-        prompt_provenance={"backend": "given" if args.prompt is not None else "none"},
+        prompt_provenance=provenance,
         seed=args.seed,
         return_frames=bool(args.save_video or args.save_frames),
         source=str(Path(args.image).resolve()),

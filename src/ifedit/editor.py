@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 
 from . import __version__
-from .loading import LoadOptions, load_pipeline, resolve_device, resolve_dtype
+from .loading import LoadOptions, check_placement, load_pipeline
 from .pipeline import IFEditPipelineOutput
 from .presets import Preset
 from .report import versions
@@ -41,8 +41,7 @@ class Editor:
     def __init__(self, preset: Preset, options: LoadOptions | None = None):
         self.preset = preset
         self.options = options = options or LoadOptions()
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.device, self.dtype = check_placement(preset, options)
         start = time.perf_counter()
         self.pipe = load_pipeline(preset, options)
         self.load_seconds = time.perf_counter() - start

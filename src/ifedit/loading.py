@@ -62,8 +62,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_pipeline(preset: Preset, options: LoadOptions = LoadOptions()) -> IFEditPipeline:
-    """Load (or build) the preset's model, apply its scheduler and LoRAs, and place it as `options` ask."""
+def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype `options` ask for, refused up front when the preset cannot run there."""
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     if preset.gpu_memory_gb and device.type == "cpu" and options.device == "auto":
@@ -72,6 +72,17 @@ def load_pipeline(preset: Preset, options: LoadOptions = LoadOptions()) -> IFEdi
             "model) and none was found; try --model debug-tiny to check the install on a CPU, or pass "
             "--device cpu to run it on the CPU anyway (hours per edit)"
         )
+    if options.offload not in OFFLOAD_CHOICES:
+        raise InvalidInputError(f"unknown offload {options.offload!r}; use {', '.join(OFFLOAD_CHOICES)}")
+    if options.offload != "none" and device.type == "cpu":
+        raise InvalidInputError(f"--offload {options.offload} moves weights to an accelerator; it needs a GPU device")
+    return device, dtype
+
+
+def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditPipeline:
+    """Load (or build) the preset's model, apply its scheduler and LoRAs, and place it as `options` ask."""
+    options = options or LoadOptions()
+    device, dtype = check_placement(preset, options)
     logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
     if preset.model_id is None:
         pipe = IFEditPipeline(**tiny_components("a14b"))
@@ -134,16 +145,12 @@ def _load_lora(pipe: IFEditPipeline, lora: LoraWeights, local_files_only: bool) 
 def _place(pipe: IFEditPipeline, device: torch.device, offload: Offload) -> None:
     if offload == "none":
         pipe.to(device)
-    elif device.type == "cpu":
-        raise InvalidInputError(f"--offload {offload} moves weights to an accelerator; it needs a GPU device")
     elif offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
-    elif offload == "group":
+    else:  # "group": layers stream to the GPU on a side stream while the previous ones compute
         pipe.enable_group_offload(onload_device=device, offload_type="leaf_level", use_stream=True)
-    else:
-        raise InvalidInputError(f"unknown offload {offload!r}; use {', '.join(OFFLOAD_CHOICES)}")
 
 
 def _download_advice(source: str, error: Exception) -> str:

@@ -1,0 +1,69 @@
+"""A VLM run in this process through transformers, loaded once for a batch and released before the video model."""
+
+from __future__ import annotations
+
+import gc
+
+import PIL.Image
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from .base import EnhancementError, one_line
+
+MAX_NEW_TOKENS = 400
+
+
+def default_device_dtype() -> tuple[torch.device, torch.dtype]:
+    """bfloat16 on a GPU, float32 on the CPU (where half precision is slow or unsupported)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+class LocalVLM:
+    """A loaded image-text-to-text model and its processor; `close()` (or leaving a `with`) frees the memory."""
+
+    def __init__(self, model_id: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        default_device, default_dtype = default_device_dtype()
+        self.model_id = model_id
+        self.device = torch.device(device) if device is not None else default_device
+        dtype = dtype or (default_dtype if self.device.type == default_device.type else torch.float32)
+        # Any failure here (unknown id, no network, missing torchvision, out of memory) means no local prompts.
+        try:
+            self.processor = AutoProcessor.from_pretrained(model_id)
+            self.model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, device_map=self.device)
+        except Exception as error:
+            self.close()
+            raise EnhancementError(f"could not load the local VLM {model_id!r}: {one_line(error)}") from error
+        self.model.eval()
+
+    def generate(self, image: PIL.Image.Image, system: str, user: str) -> str:
+        """The model's answer to the system rules, the image and the user's words, decoded without special tokens."""
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": system}]},
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": user}]},
+        ]
+        try:
+            inputs = self.processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            ).to(self.model.device, dtype=self.model.dtype)
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        except Exception as error:  # out of memory or a processor that rejects the input: no prompt from this model
+            raise EnhancementError(f"the local VLM {self.model_id!r} failed: {one_line(error)}") from error
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        return self.processor.decode(new_tokens, skip_special_tokens=True)
+
+    def close(self) -> None:
+        """Drop the model and give its memory back, so the video model can use it."""
+        self.model = None
+        self.processor = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> LocalVLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
