@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import json
 import weakref
+from pathlib import Path
 
 import PIL.Image
 import pytest
@@ -22,20 +24,11 @@ from transformers import (
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLProcessor,
-    Qwen3VLVideoProcessor,
 )
+from transformers.utils import is_torchvision_available
 
 from ifedit.prompting import EnhancementError, enhance, enhance_many
-from ifedit.prompting.local import LocalVLM, default_device_dtype
-
-
-def _torchvision_works() -> bool:
-    try:
-        import torchvision.transforms.v2  # noqa: F401
-    except Exception:  # absent, or built for another torch
-        return False
-    return True
-
+from ifedit.prompting.local import LocalVLM, default_device_dtype, load_processor
 
 # The one token a model with a zeroed final norm emits: its logits all tie and greedy search takes id 0.
 WORD = "Ġmelts"
@@ -56,14 +49,14 @@ def byte_tokenizer(specials: list[str]) -> Qwen2Tokenizer:
     return tokenizer
 
 
-def tiny_llava_qwen2() -> tuple[LlavaProcessor, LlavaForConditionalGeneration]:
-    """LLaVA with a Qwen2 language model and a CLIP vision tower; its processor needs no torchvision."""
+def tiny_llava_qwen2(folder: Path) -> tuple[LlavaForConditionalGeneration, Qwen2Tokenizer]:
+    """LLaVA with a Qwen2 language model and a CLIP vision tower, its processor saved in `folder`: no torchvision."""
     tokenizer = byte_tokenizer(["<image>"])
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(
+    LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
         num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE.replace("IMAGE", IMAGE_PLACEHOLDER["llava-qwen2"]),
-    )  # fmt: skip
+    ).save_pretrained(folder)  # fmt: skip
     config = LlavaConfig(
         text_config=Qwen2Config(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -75,19 +68,23 @@ def tiny_llava_qwen2() -> tuple[LlavaProcessor, LlavaForConditionalGeneration]:
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
     )  # fmt: skip
-    return processor, LlavaForConditionalGeneration(config)
+    return LlavaForConditionalGeneration(config), tokenizer
 
 
-def tiny_qwen3_vl() -> tuple[Qwen3VLProcessor, Qwen3VLForConditionalGeneration]:
-    """Qwen3-VL, the family of the default local model; its processor needs torchvision (for its video half)."""
+def tiny_qwen3_vl(folder: Path) -> tuple[Qwen3VLForConditionalGeneration, Qwen2Tokenizer]:
+    """Qwen3-VL, the family of the default local model, its processor saved in `folder` in the files Qwen ships.
+
+    Those name a `Qwen3VLVideoProcessor`, which only torchvision can build, so its file is written out directly.
+    """
     specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tokenizer = byte_tokenizer(specials)
     start, end, image, video = tokenizer.convert_tokens_to_ids(specials)
-    processor = Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, min_pixels=32 * 32, max_pixels=64 * 64),
-        tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2),
-        chat_template=CHAT_TEMPLATE.replace("IMAGE", IMAGE_PLACEHOLDER["qwen3-vl"]),
-    )  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, min_pixels=32 * 32, max_pixels=64 * 64)
+    image_processor.save_pretrained(folder)
+    video_processor = {"video_processor_type": "Qwen3VLVideoProcessor", "patch_size": 16, "merge_size": 2}
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(video_processor))
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE.replace("IMAGE", IMAGE_PLACEHOLDER["qwen3-vl"]))
     config = Qwen3VLConfig(
         text_config={
             "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -102,34 +99,23 @@ def tiny_qwen3_vl() -> tuple[Qwen3VLProcessor, Qwen3VLForConditionalGeneration]:
         },
         image_token_id=image, video_token_id=video, vision_start_token_id=start, vision_end_token_id=end,
     )  # fmt: skip
-    return processor, Qwen3VLForConditionalGeneration(config)
+    return Qwen3VLForConditionalGeneration(config), tokenizer
 
 
-FAMILIES = [
-    pytest.param(tiny_llava_qwen2, id="llava-qwen2"),
-    pytest.param(
-        tiny_qwen3_vl,
-        id="qwen3-vl",
-        marks=pytest.mark.skipif(not _torchvision_works(), reason="Qwen-VL processors need a working torchvision"),
-    ),
-]
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=[tiny_llava_qwen2, tiny_qwen3_vl], ids=["llava-qwen2", "qwen3-vl"])
 def tiny_vlms(request, tmp_path_factory) -> dict[str, str]:
     """Two saved copies of one tiny VLM: random weights (garbage answers) and one that always says ' melts'."""
     folders = {}
     for variant in ("random", "constant"):
+        folder = tmp_path_factory.mktemp(f"{request.param.__name__}-{variant}")
         torch.manual_seed(0)
-        processor, model = request.param()
+        model, tokenizer = request.param(folder)
         if variant == "constant":
             with torch.no_grad():
                 model.model.language_model.norm.weight.zero_()
-        model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-        model.generation_config.pad_token_id = processor.tokenizer.eos_token_id
-        folder = tmp_path_factory.mktemp(f"{request.param.__name__}-{variant}")
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.eos_token_id
         model.save_pretrained(folder)
-        processor.save_pretrained(folder)
         folders[variant] = str(folder)
     return folders
 
@@ -200,6 +186,14 @@ def test_a_batch_loads_the_model_once_and_the_cache_skips_it(tiny_vlms, generate
     again = enhance_many(cases, vlm_model=tiny_vlms["constant"])
     assert len(generate_calls) == 3 and all(result.cached for result in again)
     assert [result.prompt for result in again] == [result.prompt for result in results]
+
+
+def test_a_qwen_vl_processor_needs_torchvision_only_for_its_video_half(tmp_path):
+    model, _ = tiny_qwen3_vl(tmp_path)
+    model.config.save_pretrained(tmp_path)
+    processor = load_processor(str(tmp_path))
+    assert isinstance(processor, Qwen3VLProcessor)
+    assert hasattr(processor, "video_processor") == is_torchvision_available()
 
 
 def test_unloadable_model_falls_back(tmp_path, image):

@@ -6,7 +6,8 @@ import gc
 
 import PIL.Image
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import PROCESSOR_MAPPING, AutoConfig, AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
+from transformers.utils import is_torchvision_available
 
 from .base import EnhancementError, one_line
 
@@ -20,6 +21,22 @@ def default_device_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def load_processor(model_id: str) -> ProcessorMixin:
+    """The model's processor; without torchvision, its processor class loaded without the video processor."""
+    try:
+        return AutoProcessor.from_pretrained(model_id)
+    except ImportError:
+        if is_torchvision_available():
+            raise
+    # Qwen-VL processors also load a video processor, which transformers builds only with torchvision, though a prompt
+    # needs one image. Their image processors fall back to PIL and a processor lacking a video processor handles images
+    # alone, so the same class loads with "video_processor" left out of the parts it loads and checks.
+    processor_class = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(model_id))]
+    parts = [name for name in processor_class.get_attributes() if name != "video_processor"]
+    image_only = type(processor_class.__name__, (processor_class,), {"get_attributes": classmethod(lambda _: parts)})
+    return image_only.from_pretrained(model_id)
+
+
 class LocalVLM:
     """A loaded image-text-to-text model and its processor; `close()` (or leaving a `with`) frees the memory."""
 
@@ -30,7 +47,7 @@ class LocalVLM:
         dtype = dtype or (default_dtype if self.device.type == default_device.type else torch.float32)
         # Any failure here (unknown id, no network, missing torchvision, out of memory) means no local prompts.
         try:
-            self.processor = AutoProcessor.from_pretrained(model_id)
+            self.processor = load_processor(model_id)
             self.model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, device_map=self.device)
         except Exception as error:
             self.close()
