@@ -16,6 +16,8 @@ from .io import check_output_path, load_image
 from .options import check_options, edit_settings
 from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
 from .prompting import DEFAULT_LOCAL_MODEL, ENHANCER_CHOICES, INPUT_KINDS
+from .toyworld.config import TrainConfig
+from .toyworld.scenes import EVENTS
 
 logger = logging.getLogger("ifedit")
 
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("text", help="the instruction (or, with --input-kind target, a caption of the result)")
     _add_prompt_arguments(prompt)
     prompt.add_argument("--json", action="store_true", help="print the full record as JSON")
+    _add_toyworld_parsers(commands)
     commands.add_parser(
         "info",
         help="show versions, devices and model presets",
@@ -157,6 +160,46 @@ def _add_edit_parser(commands) -> None:
     )
 
 
+def _add_toyworld_parsers(commands) -> None:
+    toyworld = commands.add_parser(
+        "toyworld",
+        help="scenes and training for the toy world, a small model that makes real edits on a CPU",
+        description="The toy world: coloured shapes, events that change them (move, fall, grow, shrink, "
+        "recolour, fade, appear), and a small Wan2.2-architecture model trained on such clips.",
+    )
+    actions = toyworld.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    sample = actions.add_parser(
+        "sample",
+        help="write a scene's source, target and instruction",
+        description="Write source.png (first frame), target.png (ground-truth last frame), instruction.txt and "
+        "case.json for one scene. Seeds from 1000000 up are never used in training.",
+    )
+    sample.add_argument("--seed", type=int, required=True, help="scene seed (evaluation: >= 1000000)")
+    sample.add_argument("--out", required=True, help="folder to write into (created if missing)")
+    sample.add_argument("--event", choices=EVENTS, help="force the event (default: drawn from the seed)")
+    sample.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    train = actions.add_parser(
+        "train",
+        help="train the toy world's model from scratch (about an hour on 2 CPU cores)",
+        description="Train the VAE, then both experts and the text encoder, with fixed seeds, and save a "
+        "pipeline folder that --model accepts. A VAE already in OUT/vae is reused.",
+    )
+    train.add_argument("--out", required=True, help="folder for the trained pipeline")
+    train.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    train.add_argument("--expert-steps", type=int, default=TrainConfig.dit_steps)
+    train.add_argument("--clips", type=int, default=TrainConfig.clips, help="training clips for the experts")
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    demo = commands.add_parser(
+        "demo",
+        help="edit a few toy-world scenes on the CPU and save a before/after/target picture",
+        description="Run the toy world's model on a handful of held-out scenes (under a minute on a CPU) and "
+        "write one picture: for each scene its source, the edit, and the ground-truth target.",
+    )
+    demo.add_argument("-o", "--output", default="ifedit_demo.png", help="picture to write (default: %(default)s)")
+    demo.add_argument("--model", default="toyworld", help="the toy world model (default: the installed one)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the picture if it exists")
+
+
 def _add_prompt_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Options of the prompt-enhancement stage, shared by `edit` and `prompt`."""
     group = parser.add_argument_group(
@@ -228,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
-        return {"edit": _edit, "prompt": _prompt, "info": _info}[args.command](args)
+        commands = {"edit": _edit, "prompt": _prompt, "toyworld": _toyworld, "demo": _demo, "info": _info}
+        return commands[args.command](args)
     except InvalidInputError as error:
         print(f"ifedit: error: {error}", file=sys.stderr)
         return EXIT_INPUT
@@ -390,6 +434,31 @@ def _write_frames(result, folder: Path) -> None:
         save_frames(result.refine_frames, folder, "refine")
         sheet = candidate_sheet(result.refine_frames, result.refine_sharpness, result.refine_selected_index)
         save_image(sheet, folder / "refine_candidates.png")
+
+
+def _toyworld(args: argparse.Namespace) -> int:
+    if args.action == "sample":
+        from .toyworld.files import write_sample
+
+        for path in write_sample(args.seed, Path(args.out), args.event, args.overwrite):
+            print(path)
+        return 0
+    _quiet_libraries()
+    from .toyworld.train import train
+
+    config = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, dit_steps=args.expert_steps, clips=args.clips)
+    train(Path(args.out), config, log=lambda message: logger.info("%s", message))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    output = check_output_path(args.output, args.overwrite)
+    preset = resolve_model(args.model)
+    _quiet_libraries()
+    from .toyworld.demo import run_demo
+
+    run_demo(preset, output, log=lambda message: logger.info("%s", message))
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -86,6 +86,11 @@ def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditP
     logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
     if preset.model_id is None:
         pipe = IFEditPipeline(**tiny_components("a14b"))
+    elif Path(preset.model_id).is_absolute() and not Path(preset.model_id).is_dir():
+        raise SetupError(
+            f"the {preset.name} weights are not installed at {preset.model_id}; train them with "
+            f"`ifedit toyworld train --out DIR` and pass --model DIR"
+        )
     else:
         pipe = _from_pretrained(preset.model_id, dtype, options.local_files_only)
     _set_scheduler(pipe, preset)

@@ -62,6 +62,7 @@ class Preset:
         return dataclasses.replace(self, loras=loras)
 
 
+TOYWORLD_WEIGHTS = Path(__file__).parent / "toyworld" / "weights"
 LIGHTNING_SOURCE = "lightx2v/Wan2.2-Lightning"
 LIGHTNING_FOLDER = "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1"
 AREA_480P = 480 * 832
@@ -129,6 +130,20 @@ PRESETS: dict[str, Preset] = {
             fps=16,
             max_area=AREA_480P,
             gpu_memory_gb=45,
+        ),
+        Preset(
+            name="toyworld",
+            description="2 M-parameter Wan2.2-style model trained on procedural shape clips: real edits on a CPU",
+            model_id=str(TOYWORLD_WEIGHTS),
+            scheduler="euler",
+            flow_shift=5.0,
+            num_inference_steps=12,
+            guidance_scale=1.0,
+            sigma_schedule="uniform",
+            num_frames=17,
+            fps=8,
+            max_area=64 * 64,
+            notes="see `ifedit toyworld --help` and `ifedit demo`",
         ),
         Preset(
             name="debug-tiny",

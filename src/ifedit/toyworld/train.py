@@ -1,0 +1,255 @@
+"""Train the toy world's model from one command with fixed seeds: the VAE, then both experts and the text encoder.
+
+Stage 1 fits the causal VAE to clips; stage 2 caches the latents of a fixed set of training clips and fits the two
+experts with flow matching, each on its side of the noise boundary, as Wan2.2 splits them. The result is saved as
+a diffusers pipeline folder that `IFEditPipeline.from_pretrained` loads. Training seeds stay below
+`EVAL_SEED_START`, so evaluation scenes are never seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+
+from ..pipeline import DEFAULT_REFINE_PROMPT, IFEditPipeline
+from ..prompting.template import template_prompt
+from .config import TrainConfig
+from .model import (
+    BOUNDARY_RATIO,
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_transformer,
+    build_vae,
+    vocabulary,
+)
+from .scenes import EVAL_SEED_START, NUM_FRAMES, render_clip, sample_case
+
+logger = logging.getLogger("ifedit")
+
+VAE_CLIP_FRAMES = 9
+DIT_SEED_START = 500_000
+MAX_TEXT_TOKENS = 128
+TEXT_SEQUENCE = 512  # the pipeline pads text embeddings to Wan's 512 tokens; training sees the same padding
+
+
+def clips_tensor(seeds: list[int], frames: int, offsets: list[int] | None = None) -> torch.Tensor:
+    """Rendered clips as a (B, 3, T, H, W) tensor in [-1, 1]; `offsets` pick a window of a 17-frame clip."""
+    clips = []
+    for index, seed in enumerate(seeds):
+        clip = render_clip(sample_case(seed))
+        start = offsets[index] if offsets else 0
+        clips.append(clip[start : start + frames])
+    array = np.stack(clips).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def train_vae(config: TrainConfig, log: Callable[[str], None]) -> tuple[AutoencoderKLWan, list[float]]:
+    """Stage 1: reconstruct 9-frame windows of training clips (L1 + MSE, a whisper of KL)."""
+    vae = build_vae(config.seed).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.vae_lr, total_steps=config.vae_steps, pct_start=0.05
+    )
+    rng = np.random.default_rng(config.seed)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in range(config.vae_steps):
+        seeds = [int(seed) for seed in rng.integers(0, DIT_SEED_START, size=config.vae_batch)]
+        offsets = [int(offset) for offset in rng.integers(0, NUM_FRAMES - VAE_CLIP_FRAMES + 1, size=config.vae_batch)]
+        clips = clips_tensor(seeds, VAE_CLIP_FRAMES, offsets)
+        posterior = vae.encode(clips).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = (reconstruction - clips).abs().mean() + F.mse_loss(reconstruction, clips) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if (step + 1) % config.log_every == 0 or step + 1 == config.vae_steps:
+            seconds = (time.perf_counter() - start) / (step + 1)
+            log(f"vae step {step + 1}/{config.vae_steps} loss {np.mean(losses[-config.log_every :]):.4f} "
+                f"({seconds:.2f} s/step)")  # fmt: skip
+    return vae.eval(), losses
+
+
+@torch.no_grad()
+def set_latent_statistics(vae: AutoencoderKLWan, seeds: list[int]) -> None:
+    """Store per-channel latent mean and std in the VAE's config, which the pipeline normalises with."""
+    latents = torch.cat([vae.encode(clips_tensor(seeds[i : i + 16], NUM_FRAMES)).latent_dist.mode()
+                         for i in range(0, len(seeds), 16)])  # fmt: skip
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4))
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+
+
+@torch.no_grad()
+def encode_dataset(pipe: IFEditPipeline, seeds: list[int], log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Normalised clean latents and I2V conditions of the training clips, computed once like the pipeline does."""
+    clean, conditions = [], []
+    vae = pipe.vae
+    mean, inverse_std = pipe._latent_stats(torch.zeros(1))
+    start = time.perf_counter()
+    for index in range(0, len(seeds), 16):
+        clips = clips_tensor(seeds[index : index + 16], NUM_FRAMES)
+        clean.append((vae.encode(clips).latent_dist.mode() - mean) * inverse_std)
+        conditions.append(i2v_condition(pipe, clips[:, :, 0], NUM_FRAMES))
+        if (index // 16) % 50 == 0:
+            log(f"encoded {index + len(clips)}/{len(seeds)} training clips ({time.perf_counter() - start:.0f} s)")
+    return {"latents": torch.cat(clean), "conditions": torch.cat(conditions)}
+
+
+@torch.no_grad()
+def i2v_condition(pipe: IFEditPipeline, first_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The I2V condition for a batch of first frames, as `WanImageToVideoPipeline.prepare_latents` builds it for
+    one: a 4-channel mask marking latent frame 0 as given, and the latent of [first frame, black frames...]."""
+    batch, _, height, width = first_frames.shape
+    video = torch.cat([first_frames.unsqueeze(2), first_frames.new_zeros(batch, 3, num_frames - 1, height, width)], 2)
+    mean, inverse_std = pipe._latent_stats(video)
+    latent = (pipe.vae.encode(video).latent_dist.mode() - mean) * inverse_std
+    mask = torch.zeros(batch, pipe.vae_scale_factor_temporal, *latent.shape[2:])
+    mask[:, :, 0] = 1
+    return torch.cat([mask, latent], dim=1)
+
+
+def sample_text(case, rng: np.random.Generator, dropout: float) -> str:
+    """One wording of the case: instruction or caption, raw or through the offline template, or empty (for CFG)."""
+    draw = rng.random()
+    if draw < dropout:
+        return ""
+    if case.event == "still" and rng.random() < 0.5:
+        return DEFAULT_REFINE_PROMPT
+    choice = rng.random()
+    if choice < 0.4:
+        return case.instruction
+    if choice < 0.6:
+        return case.caption
+    if choice < 0.85:
+        return template_prompt(case.instruction, "instruction")
+    return template_prompt(case.caption, "target")
+
+
+def encode_text(pipe: IFEditPipeline, texts: list[str]) -> torch.Tensor:
+    """Text embeddings exactly as the pipeline builds them: real tokens, then zeros up to 512 positions."""
+    tokens = pipe.tokenizer(texts, padding="max_length", max_length=MAX_TEXT_TOKENS, truncation=True,
+                            add_special_tokens=True, return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    hidden = pipe.text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
+    hidden = hidden * tokens.attention_mask.unsqueeze(-1)
+    return F.pad(hidden, (0, 0, 0, TEXT_SEQUENCE - MAX_TEXT_TOKENS))
+
+
+def train_experts(
+    pipe: IFEditPipeline, data: dict[str, torch.Tensor], cases: list, config: TrainConfig, log: Callable[[str], None]
+) -> list[float]:
+    """Stage 2: flow matching; the high-noise expert learns sigma >= boundary, the low-noise one the rest."""
+    experts = {"transformer": pipe.transformer, "transformer_2": pipe.transformer_2}
+    trained = [pipe.text_encoder, *experts.values()]
+    for module in trained:
+        module.train()
+    averages = {name: copy.deepcopy(module).eval() for name, module in experts.items()}
+    averages["text_encoder"] = copy.deepcopy(pipe.text_encoder).eval()
+    parameters = [parameter for module in trained for parameter in module.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.dit_lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.dit_lr, total_steps=config.dit_steps, pct_start=0.03
+    )
+    rng = np.random.default_rng(config.seed + 1)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    half = config.dit_batch // 2
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in range(config.dit_steps):
+        picks = rng.integers(0, len(cases), size=config.dit_batch)
+        clean, condition = data["latents"][picks], data["conditions"][picks]
+        texts = [sample_text(cases[pick], rng, config.text_dropout) for pick in picks]
+        embeds = encode_text(pipe, texts)
+        # Half the batch for each expert, noise levels uniform on its side of the boundary.
+        uniform = torch.rand(config.dit_batch, generator=generator)
+        sigma = torch.cat([BOUNDARY_RATIO + (1 - BOUNDARY_RATIO) * uniform[:half], BOUNDARY_RATIO * uniform[half:]])
+        noise = torch.randn(clean.shape, generator=generator)
+        noisy = (1 - sigma.view(-1, 1, 1, 1, 1)) * clean + sigma.view(-1, 1, 1, 1, 1) * noise
+        target = noise - clean
+        loss = 0.0
+        for name, part in (("transformer", slice(0, half)), ("transformer_2", slice(half, None))):
+            prediction = experts[name](
+                hidden_states=torch.cat([noisy[part], condition[part]], dim=1),
+                timestep=sigma[part] * 1000,
+                encoder_hidden_states=embeds[part],
+                return_dict=False,
+            )[0]
+            loss = loss + F.mse_loss(prediction, target[part])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        _update_average(averages, {**experts, "text_encoder": pipe.text_encoder}, config.ema_decay)
+        losses.append(loss.item() / 2)
+        if (step + 1) % config.log_every == 0 or step + 1 == config.dit_steps:
+            seconds = (time.perf_counter() - start) / (step + 1)
+            log(f"experts step {step + 1}/{config.dit_steps} loss {np.mean(losses[-config.log_every :]):.4f} "
+                f"({seconds:.2f} s/step)")  # fmt: skip
+    for name, average in averages.items():
+        getattr(pipe, name).load_state_dict(average.state_dict())
+        getattr(pipe, name).eval()
+    return losses
+
+
+@torch.no_grad()
+def _update_average(averages: dict, modules: dict, decay: float) -> None:
+    for name, module in modules.items():
+        for average, current in zip(averages[name].parameters(), module.parameters(), strict=True):
+            average.lerp_(current, 1 - decay)
+
+
+def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
+    """Both stages; writes a pipeline folder to `out` with `training.json` (config and loss curves) beside it."""
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vae_folder = out / "vae"
+    if (vae_folder / "config.json").is_file():
+        log(f"reusing the trained VAE in {vae_folder}")
+        vae = AutoencoderKLWan.from_pretrained(vae_folder).eval()
+        vae_losses = json.loads((out / "vae_losses.json").read_text())
+    else:
+        vae, vae_losses = train_vae(config, log)
+        set_latent_statistics(vae, list(range(config.stats_clips)))
+        vae.save_pretrained(vae_folder)
+        (out / "vae_losses.json").write_text(json.dumps(vae_losses))
+    for parameter in vae.parameters():
+        parameter.requires_grad_(False)
+
+    tokenizer = build_tokenizer(vocabulary())
+    pipe = IFEditPipeline(
+        tokenizer=tokenizer,
+        text_encoder=build_text_encoder(len(tokenizer), config.seed),
+        vae=vae,
+        scheduler=build_scheduler(),
+        transformer=build_transformer(config.seed),
+        transformer_2=build_transformer(config.seed + 1),
+        boundary_ratio=BOUNDARY_RATIO,
+    )
+    seeds = list(range(DIT_SEED_START, DIT_SEED_START + config.clips))
+    assert seeds[-1] < EVAL_SEED_START
+    cases = [sample_case(seed) for seed in seeds]
+    data = encode_dataset(pipe, seeds, log)
+    dit_losses = train_experts(pipe, data, cases, config, log)
+    pipe.save_pretrained(out)
+    record = {"config": asdict(config), "vae_losses": vae_losses, "expert_losses": dit_losses}
+    (out / "training.json").write_text(json.dumps(record))
+    (out / "vae_losses.json").unlink(missing_ok=True)
+    log(f"saved the toy world's pipeline to {out}")
+    return out

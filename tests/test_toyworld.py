@@ -1,0 +1,116 @@
+"""The toy world without its trained weights: scenes, detectors, sample files, and a short training run."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from ifedit import IFEditPipeline
+from ifedit.cli import main
+from ifedit.toyworld.config import TrainConfig
+from ifedit.toyworld.detect import detect, score_edit
+from ifedit.toyworld.model import build_tokenizer, vocabulary
+from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, SIZE, render_clip, sample_case
+from ifedit.toyworld.train import DIT_SEED_START, encode_text, i2v_condition, train
+
+
+def test_cases_are_pure_functions_of_their_seed():
+    first, again = sample_case(EVAL_SEED_START + 5), sample_case(EVAL_SEED_START + 5)
+    assert first == again
+    assert np.array_equal(render_clip(first), render_clip(again))
+    assert sample_case(EVAL_SEED_START + 6) != first
+    assert DIT_SEED_START + TrainConfig().clips <= EVAL_SEED_START  # training never sees evaluation scenes
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_every_event_changes_what_it_says_and_the_detector_sees_it(event):
+    for offset in range(5):
+        case = sample_case(EVAL_SEED_START + 100 * offset, event)
+        clip = render_clip(case)
+        assert clip.shape == (17, SIZE, SIZE, 3) and clip.dtype == np.uint8
+        perfect, copy = score_edit(case, clip[-1], clip[-1]), score_edit(case, clip[0], clip[-1])
+        assert perfect.success and perfect.background_error == 0
+        assert copy.success == (event == "still")
+        if event in ("left", "right", "up", "down", "fall"):
+            assert copy.position_error >= 10  # every move is big enough to tell from doing nothing
+        assert (
+            case.end.colour in case.instruction
+            or event in ("still", "fade", "appear")
+            or case.moved.name in (case.instruction)
+        )
+
+
+def test_detector_finds_position_area_and_absence():
+    frame = np.full((SIZE, SIZE, 3), 200, dtype=np.uint8)
+    frame[10:20, 30:40] = (220, 40, 40)
+    found = detect(frame, "red")
+    assert found.found and found.area == 100 and (found.x, found.y) == (35.0, 15.0)
+    assert not detect(frame, "blue").found
+
+
+def test_sample_command_writes_the_scene(tmp_path, capsys):
+    out = tmp_path / "scene"
+    assert main(["toyworld", "sample", "--seed", "1000003", "--out", str(out), "--event", "fall"]) == 0
+    case = sample_case(1_000_003, "fall")
+    clip = render_clip(case)
+    assert np.array_equal(np.asarray(PIL.Image.open(out / "source.png")), clip[0])
+    assert np.array_equal(np.asarray(PIL.Image.open(out / "target.png")), clip[-1])
+    assert (out / "instruction.txt").read_text() == case.instruction + "\n"
+    assert json.loads((out / "case.json").read_text())["event"] == "fall"
+    capsys.readouterr()
+    assert main(["toyworld", "sample", "--seed", "1000003", "--out", str(out)]) == 2
+    assert "output exists" in capsys.readouterr().err
+
+
+def test_tokenizer_knows_every_training_word():
+    tokenizer = build_tokenizer(vocabulary())
+    unknown = tokenizer.unk_token_id
+    for seed in range(EVAL_SEED_START, EVAL_SEED_START + 200):
+        case = sample_case(seed)
+        assert unknown not in tokenizer(case.instruction).input_ids, case.instruction
+        assert unknown not in tokenizer(case.caption).input_ids, case.caption
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A few steps of the real training command: enough to check the mechanics, not the quality."""
+    out = tmp_path_factory.mktemp("toy")
+    config = TrainConfig(vae_steps=2, vae_batch=2, stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1)
+    messages = []
+    train(out, config, log=messages.append)
+    return out, messages
+
+
+def test_training_saves_a_pipeline_that_edits(trained):
+    out, messages = trained
+    assert any(message.startswith("vae step 2/2 loss") for message in messages)
+    assert any(message.startswith("experts step 3/3 loss") for message in messages)
+    record = json.loads((out / "training.json").read_text())
+    assert len(record["vae_losses"]) == 2 and len(record["expert_losses"]) == 3 and record["config"]["clips"] == 16
+    pipe = IFEditPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer_2 is not None and pipe.config.boundary_ratio == 0.9
+    assert len(pipe.vae.config.latents_mean) == 16 and pipe.vae.config.latents_std != [1.0] * 16
+    case = sample_case(EVAL_SEED_START)
+    result = pipe(PIL.Image.fromarray(render_clip(case)[0]), case.instruction, num_frames=17, num_inference_steps=2,
+                  max_area=SIZE * SIZE)  # fmt: skip
+    assert result.image.size == (SIZE, SIZE) and result.kept_latent_frames == [0, 3, 4]
+
+
+def test_training_inputs_match_what_the_pipeline_builds(trained):
+    out, _ = trained
+    pipe = IFEditPipeline.from_pretrained(out)
+    clips = torch.from_numpy(np.stack([render_clip(sample_case(seed)) for seed in (1, 2)])).float() / 127.5 - 1
+    first_frames = clips.permute(0, 4, 1, 2, 3)[:, :, 0]
+    conditions = i2v_condition(pipe, first_frames, 17)
+    texts = ["the red circle moves to the left", ""]
+    with torch.no_grad():
+        embeds = encode_text(pipe, texts)
+        reference_embeds = pipe._get_t5_prompt_embeds(texts, max_sequence_length=512, device=torch.device("cpu"))
+    torch.testing.assert_close(embeds, reference_embeds)
+    for row in range(2):
+        _, reference = pipe.prepare_latents(first_frames[row : row + 1], 1, 16, SIZE, SIZE, 17, torch.float32,
+                                            torch.device("cpu"), None, None)  # fmt: skip
+        torch.testing.assert_close(conditions[row : row + 1], reference, atol=1e-5, rtol=1e-5)
