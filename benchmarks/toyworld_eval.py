@@ -28,15 +28,16 @@ from ifedit.sharpness import laplacian_variance
 from ifedit.toyworld.detect import score_edit
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 
-# name -> (edit-setting overrides, prompt wording); None overrides = copy the source.
+# name -> (edit-setting overrides, prompt wording); None overrides = copy the source. "default" is what
+# `ifedit edit --model toyworld` does with no VLM configured: the offline template, K = 3, refinement on.
 SETTINGS: dict[str, tuple[dict | None, str]] = {
     "copy": (None, "raw"),
-    "default": ({}, "raw"),
-    "K=1": ({"tld_stride": 1}, "raw"),
-    "K=2": ({"tld_stride": 2}, "raw"),
-    "K=4": ({"tld_stride": 4}, "raw"),
-    "no refine": ({"refine": False}, "raw"),
-    "template prompt": ({}, "template"),
+    "default": ({}, "template"),
+    "raw prompt": ({}, "raw"),
+    "K=1": ({"tld_stride": 1}, "template"),
+    "K=2": ({"tld_stride": 2}, "template"),
+    "K=4": ({"tld_stride": 4}, "template"),
+    "no refine": ({"refine": False}, "template"),
 }
 MOVES = ("left", "right", "up", "down", "fall")
 

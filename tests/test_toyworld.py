@@ -9,11 +9,12 @@ import torch
 
 from ifedit import IFEditPipeline
 from ifedit.cli import main
+from ifedit.presets import TOYWORLD_WEIGHTS, get_preset
 from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, score_edit
 from ifedit.toyworld.model import build_tokenizer, vocabulary
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, SIZE, render_clip, sample_case
-from ifedit.toyworld.train import DIT_SEED_START, encode_text, i2v_condition, train
+from ifedit.toyworld.train import DIT_SEED_START, TEXT_SEQUENCE, encode_text, i2v_condition, train
 
 
 def test_cases_are_pure_functions_of_their_seed():
@@ -64,6 +65,10 @@ def test_sample_command_writes_the_scene(tmp_path, capsys):
     assert "output exists" in capsys.readouterr().err
 
 
+def test_the_preset_pads_text_as_training_did():
+    assert get_preset("toyworld").max_sequence_length == TEXT_SEQUENCE
+
+
 def test_tokenizer_knows_every_training_word():
     tokenizer = build_tokenizer(vocabulary())
     unknown = tokenizer.unk_token_id
@@ -108,9 +113,19 @@ def test_training_inputs_match_what_the_pipeline_builds(trained):
     texts = ["the red circle moves to the left", ""]
     with torch.no_grad():
         embeds = encode_text(pipe, texts)
-        reference_embeds = pipe._get_t5_prompt_embeds(texts, max_sequence_length=512, device=torch.device("cpu"))
+        reference_embeds = pipe._get_t5_prompt_embeds(
+            texts, max_sequence_length=TEXT_SEQUENCE, device=torch.device("cpu")
+        )
     torch.testing.assert_close(embeds, reference_embeds)
     for row in range(2):
         _, reference = pipe.prepare_latents(first_frames[row : row + 1], 1, 16, SIZE, SIZE, 17, torch.float32,
                                             torch.device("cpu"), None, None)  # fmt: skip
         torch.testing.assert_close(conditions[row : row + 1], reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(TOYWORLD_WEIGHTS.is_dir(), reason="checks the message shown before weights are installed")
+def test_demo_without_weights_says_how_to_get_them(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "demo.png")]) == 1
+    err = capsys.readouterr().err
+    assert "ifedit toyworld train --out DIR" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "demo.png").exists()

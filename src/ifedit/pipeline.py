@@ -208,8 +208,9 @@ class IFEditPipeline(WanImageToVideoPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         self._check_scheduler(sigma_schedule, refine_strength)
-        num_frames = round_frames(num_frames, self.vae_scale_factor_temporal)
-        refine_frames = num_frames if refine_frames is None else round_frames(refine_frames)
+        frames_per_latent = self.vae_scale_factor_temporal
+        num_frames = round_frames(num_frames, frames_per_latent)
+        refine_frames = num_frames if refine_frames is None else round_frames(refine_frames, frames_per_latent)
         height, width = fit_size(image.size, height, width, max_area, self.size_multiple)
         guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
         tld_threshold = tld_threshold or self.config.boundary_ratio or DEFAULT_TLD_THRESHOLD

@@ -41,6 +41,7 @@ class Preset:
     sigma_schedule: Literal["default", "uniform"] = "default"
     tld_stride: int = 3
     tld_threshold: float | None = None
+    max_sequence_length: int = 512  # text tokens; Wan pads every prompt to 512
     loras: tuple[LoraWeights, ...] = ()
     gpu_memory_gb: float = 0.0  # what one edit needs on a GPU without offloading; 0 = runs anywhere
     notes: str = ""
@@ -56,6 +57,7 @@ class Preset:
             "sigma_schedule": self.sigma_schedule,
             "tld_stride": self.tld_stride,
             "tld_threshold": self.tld_threshold,
+            "max_sequence_length": self.max_sequence_length,
         }
 
     def with_loras(self, loras: tuple[LoraWeights, ...]) -> Preset:
@@ -143,6 +145,7 @@ PRESETS: dict[str, Preset] = {
             num_frames=17,
             fps=8,
             max_area=64 * 64,
+            max_sequence_length=128,  # what the toy model was trained with (toyworld.train.TEXT_SEQUENCE)
             notes="see `ifedit toyworld --help` and `ifedit demo`",
         ),
         Preset(
