@@ -72,6 +72,11 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
             "model) and none was found; try --model debug-tiny to check the install on a CPU, or pass "
             "--device cpu to run it on the CPU anyway (hours per edit)"
         )
+    if preset.model_id and Path(preset.model_id).is_absolute() and not Path(preset.model_id).is_dir():
+        raise SetupError(
+            f"the {preset.name} weights are not installed at {preset.model_id}; train them with "
+            f"`ifedit toyworld train --out DIR` and pass --model DIR"
+        )
     if options.offload not in OFFLOAD_CHOICES:
         raise InvalidInputError(f"unknown offload {options.offload!r}; use {', '.join(OFFLOAD_CHOICES)}")
     if options.offload != "none" and device.type == "cpu":
@@ -86,11 +91,7 @@ def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditP
     logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
     if preset.model_id is None:
         pipe = IFEditPipeline(**tiny_components("a14b"))
-    elif Path(preset.model_id).is_absolute() and not Path(preset.model_id).is_dir():
-        raise SetupError(
-            f"the {preset.name} weights are not installed at {preset.model_id}; train them with "
-            f"`ifedit toyworld train --out DIR` and pass --model DIR"
-        )
+
     else:
         pipe = _from_pretrained(preset.model_id, dtype, options.local_files_only)
     _set_scheduler(pipe, preset)
