@@ -223,7 +223,13 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
         metavar="KEY",
         help="API key (prefer $IFEDIT_VLM_API_KEY: a command line is visible to other users)",
     )
-    group.add_argument("--vlm-timeout", type=float, default=60.0, metavar="S", help="seconds per request")
+    group.add_argument(
+        "--vlm-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds per request; with 2 retries a dead server costs at most about 3 times this",
+    )
     group.add_argument("--no-cache", action="store_true", help="ask the VLM again instead of reusing its answer")
     group.add_argument(
         "--strict-prompt",

@@ -35,8 +35,8 @@ class ApiSettings:
     base_url: str
     model: str
     api_key: str | None = field(default=None, repr=False)
-    timeout: float = 60.0
-    max_retries: int = 3
+    timeout: float = 30.0
+    max_retries: int = 2
     backoff: float = 1.0
 
 
@@ -49,8 +49,8 @@ def resolve_settings(
     base_url: str | None = None,
     model: str | None = None,
     api_key: str | None = None,
-    timeout: float = 60.0,
-    max_retries: int = 3,
+    timeout: float = 30.0,
+    max_retries: int = 2,
     backoff: float = 1.0,
 ) -> ApiSettings:
     """Fill in settings from the environment and check them; raise InvalidInputError naming what is missing."""
