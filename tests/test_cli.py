@@ -1,5 +1,6 @@
 """The `ifedit` command end to end on a tiny model folder, and every user mistake it must refuse cleanly."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -236,3 +237,14 @@ def test_enhancement_can_be_turned_off(tmp_path, source, tiny_dirs):
     assert _edit(source, output, tiny_dirs["a14b"], "--prompt-enhancer", "none", "-q") == 0
     record = json.loads(output.with_suffix(".json").read_text())
     assert record["prompt"] == "the square slides right" and record["prompt_enhancement"]["backend"] == "none"
+
+
+def test_save_video_without_the_video_extra_says_what_to_install(tmp_path, source, tiny_dirs, capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else real_find_spec(name, *a)
+    )
+    output = tmp_path / "o.png"
+    assert _edit(source, output, tiny_dirs["a14b"], "--save-video") == 1
+    assert "pip install 'ifedit[video]'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [source]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .errors import IFEditError, InvalidInputError
+from .errors import IFEditError, InvalidInputError, SetupError
 from .io import check_output_path, load_image
 from .options import check_options, edit_settings
 from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
@@ -413,6 +414,8 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
     image = check_output_path(args.output, args.overwrite)
     paths = {"image": image, "record": image.with_suffix(".json")}
     if args.save_video:
+        if importlib.util.find_spec("imageio_ffmpeg") is None:
+            raise SetupError("--save-video needs the video extra: pip install 'ifedit[video]'")
         paths["video"] = image.with_suffix(".mp4")
     for name, path in paths.items():
         if name != "image" and path.exists() and not args.overwrite:
