@@ -1,0 +1,115 @@
+"""Time IF-Edit at the paper's real sizes on one GPU and print JSON: seconds per stage and per edit, peak memory.
+
+    python benchmarks/gpu_speed.py                      # random bf16 weights at Wan2.2-I2V-A14B's real sizes
+    python benchmarks/gpu_speed.py --weights DIR        # a downloaded Wan2.2-I2V-A14B-Diffusers folder instead
+    python benchmarks/gpu_speed.py --tiny               # the same code on tiny models, on any machine, in seconds
+
+Random weights make the video meaningless but cost exactly what real ones do, so speed and memory are honest.
+Runs the paper's recipe (480 x 832, 33 frames, 8 steps, guidance 1, refinement on) with K = 3 and K = 1 after a
+warm-up edit, and fits in about 8 minutes on an H100 (two 14B experts and UMT5-XXL need about 70 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import PIL.Image
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+from ifedit import IFEditPipeline
+from ifedit.tiny import tiny_components
+
+A14B_EXPERT = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)  # fmt: skip
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)
+
+
+def random_weights(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Allocate a meta-built module on `device` and fill it with small random weights, without a CPU copy."""
+    module = module.to_empty(device=device)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.02)
+    return module.to(dtype).eval()
+
+
+def random_expert(device: torch.device) -> WanTransformer3DModel:
+    with torch.device("meta"):
+        expert = WanTransformer3DModel(**A14B_EXPERT)
+    expert = random_weights(expert, device, torch.bfloat16)
+    # RoPE tables are computed, not learned: rebuild them rather than leave them uninitialised.
+    expert.rope = WanRotaryPosEmbed(128, A14B_EXPERT["patch_size"], A14B_EXPERT["rope_max_seq_len"]).to(device)
+    return expert
+
+
+def real_size_pipeline(device: torch.device) -> IFEditPipeline:
+    with torch.device("meta"):
+        text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL))
+        vae = AutoencoderKLWan()
+    return IFEditPipeline(
+        tokenizer=ByT5Tokenizer(),  # ids fit UMT5's vocabulary; the text is irrelevant with random weights
+        text_encoder=random_weights(text_encoder, device, torch.bfloat16),
+        vae=random_weights(vae, device, torch.float32),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        transformer=random_expert(device),
+        transformer_2=random_expert(device),
+        boundary_ratio=0.9,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", help="a Wan2.2-I2V-A14B diffusers folder (default: random weights)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models: check the script anywhere")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if args.tiny:
+        pipe = IFEditPipeline(**tiny_components("a14b"))
+        size = {"height": 64, "width": 96}
+    elif args.weights:
+        pipe = IFEditPipeline.from_pretrained(args.weights, torch_dtype=torch.bfloat16)
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+        pipe.vae.to(torch.float32)
+        pipe.to(device)
+        size = {"height": 480, "width": 832}
+    else:
+        pipe = real_size_pipeline(device)
+        size = {"height": 480, "width": 832}
+    pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.new("RGB", (size["width"], size["height"]), (120, 140, 160))
+    recipe = dict(num_frames=33, num_inference_steps=8, guidance_scale=1.0, sigma_schedule="uniform", **size)
+
+    def edit(stride: int) -> dict:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        result = pipe(image, "a cat stands up", tld_stride=stride, generator=torch.Generator().manual_seed(0),
+                      **recipe)  # fmt: skip
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        return {"seconds": seconds, "peak_gib": peak, "stages": result.timings, "kept": result.kept_latent_frames}
+
+    edit(3)  # warm-up: kernels, allocator, caches
+    runs = {"K=3": edit(3), "K=1": edit(1)}
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "weights": args.weights or ("tiny random" if args.tiny else "random bf16 at real size"),
+        "recipe": recipe,
+        "runs": runs,
+        "speedup_K3_over_K1": runs["K=1"]["seconds"] / runs["K=3"]["seconds"],
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
