@@ -186,10 +186,14 @@ def _add_toyworld_parsers(commands) -> None:
         "pipeline folder that --model accepts. A VAE already in OUT/vae is reused.",
     )
     train.add_argument("--out", required=True, help="folder for the trained pipeline")
-    train.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
-    train.add_argument("--expert-steps", type=int, default=TrainConfig.dit_steps)
-    train.add_argument("--clips", type=int, default=TrainConfig.clips, help="training clips for the experts")
-    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps, help="VAE steps (default: %(default)s)")
+    train.add_argument(
+        "--expert-steps", type=int, default=TrainConfig.dit_steps, help="expert steps (default: %(default)s)"
+    )
+    train.add_argument(
+        "--clips", type=int, default=TrainConfig.clips, help="training clips for the experts (default: %(default)s)"
+    )
+    train.add_argument("--seed", type=int, default=TrainConfig.seed, help="training seed (default: %(default)s)")
     demo = commands.add_parser(
         "demo",
         help="edit a few toy-world scenes on the CPU and save a before/after/target picture",
