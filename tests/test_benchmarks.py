@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -16,3 +18,21 @@ def test_gpu_speed_script_runs_on_tiny_models():
     report = json.loads(completed.stdout)
     assert report["runs"]["K=3"]["kept"] == [0, 3, 6, 8] and report["runs"]["K=1"]["kept"] is None
     assert report["runs"]["K=3"]["stages"]["total"] > 0 and report["speedup_K3_over_K1"] > 0
+
+
+def test_flop_count_of_an_a14b_step_matches_a_hand_calculation(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import flops
+
+    # 480 x 832 px, 33 frames: 9 latent frames of 30 x 52 tokens; width 5120, FFN 13824, 40 layers, 512 text tokens.
+    tokens, width, ffn, text, layers = 9 * 30 * 52, 5120, 13824, 512, 40
+    per_layer = (
+        8 * tokens * width**2  # self-attention q, k, v, out
+        + 4 * tokens**2 * width  # self-attention scores and weighted sum
+        + 4 * tokens * width**2  # cross-attention q, out
+        + 4 * text * width**2  # cross-attention k, v over the text
+        + 4 * tokens * text * width  # cross-attention scores and weighted sum
+        + 4 * tokens * width * ffn  # feed-forward
+    )
+    counted = flops.transformer_step(9, 480, 832)
+    assert counted == pytest.approx(layers * per_layer, rel=2e-3)  # the rest: embeddings and the output head
