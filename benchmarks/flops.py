@@ -3,7 +3,7 @@
     python benchmarks/flops.py                          # the paper's recipe at 480x832, 33 frames
     python benchmarks/flops.py --frames 81 --steps 40   # any settings; --help lists them
 
-Every stage runs the real diffusers / transformers modules (Wan2.2-I2V-A14B experts or TI2V-5B, the Wan VAE,
+Every stage runs the real diffusers / transformers modules (the Wan2.2-I2V-A14B experts, the Wan VAE,
 UMT5-XXL) on meta tensors under `torch.utils.flop_counter.FlopCounterMode`, so the counts follow the code, not a
 formula. Which steps run on which expert and on how many latent frames comes from the pipeline's own pure
 functions (the uniform step grid, the dropout step and kept frames). Times are FLOPs divided by an H100's dense
@@ -23,19 +23,13 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTran
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import UMT5Config, UMT5EncoderModel
 
+from architectures import A14B_EXPERT, UMT5_XXL
 from ifedit.dropout import dropout_step, kept_frame_indices
 from ifedit.pipeline import refine_start_step, uniform_sigmas
 
 H100_PEAK = 989e12
 MEASURED_RATE = 790e12
 TEXT_TOKENS = 512
-
-A14B = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)  # fmt: skip
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ def measure(module: torch.nn.Module, call) -> float:
 @functools.cache
 def transformer() -> WanTransformer3DModel:
     with torch.device("meta"):
-        return WanTransformer3DModel(**A14B).to(torch.bfloat16)
+        return WanTransformer3DModel(**A14B_EXPERT).to(torch.bfloat16)
 
 
 @functools.cache

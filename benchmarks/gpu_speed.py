@@ -22,15 +22,9 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTran
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
+from architectures import A14B_EXPERT, UMT5_XXL
 from ifedit import IFEditPipeline
 from ifedit.tiny import tiny_components
-
-A14B_EXPERT = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)  # fmt: skip
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)
 
 
 def random_weights(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
