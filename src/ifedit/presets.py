@@ -90,7 +90,7 @@ PRESETS: dict[str, Preset] = {
                 LoraWeights(LIGHTNING_SOURCE, "low_noise_model.safetensors", "transformer_2", LIGHTNING_FOLDER),
             ),
             gpu_memory_gb=70,
-            notes="about 12 s per edit on one H100 in the paper; ~60 GB download",
+            notes="about 12 s per edit on one H100 in the paper; a download of tens of GB",
         ),
         Preset(
             name="wan2.2-i2v-a14b",
