@@ -95,7 +95,7 @@ class Editor:
                 "refine_kept_latent_frames": result.refine_kept_latent_frames,
             },
             "timings": {"load": self.load_seconds, **result.timings},
-            "versions": versions(),
+            "versions": dict(versions()),
         }
         return Edit(result=result, record=record)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 from collections.abc import Sequence
@@ -18,8 +19,9 @@ VERSIONED_PACKAGES = ("ifedit", "torch", "diffusers", "transformers", "peft", "a
 SELECTED_COLOUR = (230, 40, 40)
 
 
+@functools.cache
 def versions() -> dict[str, str | None]:
-    """Installed versions of Python and the packages that decide an edit's result."""
+    """Installed versions of Python and the packages that decide an edit's result (looked up once a process)."""
     found: dict[str, str | None] = {"python": platform.python_version()}
     for package in VERSIONED_PACKAGES:
         try:

@@ -21,7 +21,7 @@ MIN_AREA = 12  # pixels: fewer is noise, not an object
 
 @dataclass(frozen=True)
 class Detection:
-    """Pixels of one colour in a frame: how many, their centroid (x, y) and their mean colour."""
+    """Pixels of one colour in a frame: how many, and their centroid (x, y)."""
 
     area: int
     x: float
