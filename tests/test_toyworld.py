@@ -82,7 +82,8 @@ def test_tokenizer_knows_every_training_word():
 def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
-    config = TrainConfig(vae_steps=2, vae_batch=2, stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1)
+    config = TrainConfig(vae_steps=2, vae_batch=2, stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1,
+                         snapshot_every=2)  # fmt: skip
     messages = []
     train(out, config, log=messages.append)
     return out, messages
@@ -92,6 +93,8 @@ def test_training_saves_a_pipeline_that_edits(trained):
     out, messages = trained
     assert any(message.startswith("vae step 2/2 loss") for message in messages)
     assert any(message.startswith("experts step 3/3 loss") for message in messages)
+    assert any(message.startswith("saved the averaged weights of step 2") for message in messages)
+    assert not (out / "snapshot").exists(), "the snapshot is removed once the final weights are saved"
     record = json.loads((out / "training.json").read_text())
     assert len(record["vae_losses"]) == 2 and len(record["expert_losses"]) == 3 and record["config"]["clips"] == 16
     pipe = IFEditPipeline.from_pretrained(out)

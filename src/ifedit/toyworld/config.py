@@ -10,14 +10,15 @@ class TrainConfig:
     """Every number that decides the trained model; saved beside it."""
 
     seed: int = 0
-    vae_steps: int = 1500
+    vae_steps: int = 2500
     vae_batch: int = 4
     vae_lr: float = 3e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
-    clips: int = 6000
-    dit_steps: int = 6000
+    clips: int = 4000
+    dit_steps: int = 4000
     dit_batch: int = 16
-    dit_lr: float = 3e-4
+    dit_lr: float = 5e-4
     text_dropout: float = 0.1
     ema_decay: float = 0.998
     log_every: int = 100
+    snapshot_every: int = 1000  # expert steps between EMA snapshots in OUT/snapshot (0: none)

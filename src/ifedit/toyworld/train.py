@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -44,6 +45,8 @@ DIT_SEED_START = 500_000
 # Text embeddings are padded to this many positions, as the pipeline pads them to its `max_sequence_length`
 # (Wan: 512; the toyworld preset: 128, which makes the experts' text side four times cheaper to train).
 TEXT_SEQUENCE = 128
+# Measured: with equal weights frame 0 was the worst-reconstructed frame of a clip (L1 0.074 vs 0.045-0.070).
+FIRST_FRAME_WEIGHT = 4.0
 
 
 def clips_tensor(seeds: list[int], frames: int, offsets: list[int] | None = None) -> torch.Tensor:
@@ -76,7 +79,7 @@ def train_vae(config: TrainConfig, log: Callable[[str], None]) -> tuple[Autoenco
         # posterior teaches the decoder to ignore its input and paint the average background.
         reconstruction = vae.decode(posterior.mode()).sample
         error = (reconstruction - clips).abs() + (reconstruction - clips) ** 2
-        loss = (error * object_weight(clips)).mean() + 1e-6 * posterior.kl().mean()
+        loss = (error * object_weight(clips) * frame_weight(clips)).mean() + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -95,6 +98,14 @@ def object_weight(clips: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
     frame, so without extra weight a reconstruction loss is satisfied by the background alone."""
     saturation = clips.amax(dim=1, keepdim=True) - clips.amin(dim=1, keepdim=True)
     return 1.0 + weight * (saturation > 0.6).float()
+
+
+def frame_weight(clips: torch.Tensor, first: float = FIRST_FRAME_WEIGHT) -> torch.Tensor:
+    """Per-frame loss weights, (1, 1, T, 1, 1): frame 0 is encoded alone into its own latent frame and is all the
+    I2V condition carries, so its reconstruction error costs more."""
+    weight = torch.ones(1, 1, clips.shape[2], 1, 1)
+    weight[:, :, 0] = first
+    return weight
 
 
 @torch.no_grad()
@@ -162,7 +173,12 @@ def encode_text(pipe: IFEditPipeline, texts: list[str]) -> torch.Tensor:
 
 
 def train_experts(
-    pipe: IFEditPipeline, data: dict[str, torch.Tensor], cases: list, config: TrainConfig, log: Callable[[str], None]
+    pipe: IFEditPipeline,
+    data: dict[str, torch.Tensor],
+    cases: list,
+    config: TrainConfig,
+    log: Callable[[str], None],
+    snapshot: Path | None = None,
 ) -> list[float]:
     """Stage 2: flow matching; the high-noise expert learns sigma >= boundary, the low-noise one the rest."""
     experts = {"transformer": pipe.transformer, "transformer_2": pipe.transformer_2}
@@ -212,10 +228,22 @@ def train_experts(
             seconds = (time.perf_counter() - start) / (step + 1)
             log(f"experts step {step + 1}/{config.dit_steps} loss {np.mean(losses[-config.log_every :]):.4f} "
                 f"({seconds:.2f} s/step)")  # fmt: skip
-    for name, average in averages.items():
-        getattr(pipe, name).load_state_dict(average.state_dict())
-        getattr(pipe, name).eval()
+        if snapshot and config.snapshot_every and (step + 1) % config.snapshot_every == 0:
+            _save_averaged(pipe, averages, snapshot)
+            log(f"saved the averaged weights of step {step + 1} to {snapshot}")
+    _save_averaged(pipe, averages, None)
     return losses
+
+
+def _save_averaged(pipe: IFEditPipeline, averages: dict, folder: Path | None) -> None:
+    """Put the averaged weights into a copy of the pipeline and save it to `folder`, or, with no folder, into the
+    pipeline itself (the end of training)."""
+    target = pipe if folder is None else copy.deepcopy(pipe)
+    for name, average in averages.items():
+        getattr(target, name).load_state_dict(average.state_dict())
+        getattr(target, name).eval()
+    if folder is not None:
+        target.save_pretrained(folder)
 
 
 @torch.no_grad()
@@ -258,10 +286,11 @@ def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], Non
     assert seeds[-1] < EVAL_SEED_START
     cases = [sample_case(seed) for seed in seeds]
     data = encode_dataset(pipe, seeds, log)
-    dit_losses = train_experts(pipe, data, cases, config, log)
+    dit_losses = train_experts(pipe, data, cases, config, log, snapshot=out / "snapshot")
     pipe.save_pretrained(out)
     record = {"config": asdict(config), "vae_losses": vae_losses, "expert_losses": dit_losses}
     (out / "training.json").write_text(json.dumps(record))
     (out / "vae_losses.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "snapshot", ignore_errors=True)
     log(f"saved the toy world's pipeline to {out}")
     return out
