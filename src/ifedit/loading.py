@@ -23,6 +23,9 @@ OFFLOAD_CHOICES: tuple[str, ...] = ("none", "model", "sequential", "group")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Wan's VAE and CLIP image encoder lose detail in half precision; diffusers' examples keep them in float32.
 FLOAT32_COMPONENTS = ("vae", "image_encoder")
+# Weights kept in 8 bits between uses and cast up layer by layer to the compute dtype (half the experts' memory).
+STORAGE_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+EXPERTS = ("transformer", "transformer_2")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class LoadOptions:
     offload: Offload = "none"
     vae_tiling: bool = False
     local_files_only: bool = False
+    # Speed and memory options for the experts; none changes the recipe, some change the numbers slightly.
+    attention_backend: str | None = None  # diffusers' attention dispatcher: "native", "flash", "sage", ...
+    compile: bool = False  # torch.compile the repeated transformer blocks (regional compilation)
+    first_block_cache: float | None = None  # skip a step's remaining blocks when the first block's change is below
+    storage_dtype: str | None = None  # one of STORAGE_DTYPES: layerwise casting
 
 
 def resolve_device(device: str) -> torch.device:
@@ -81,7 +89,23 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
         raise InvalidInputError(f"unknown offload {options.offload!r}; use {', '.join(OFFLOAD_CHOICES)}")
     if options.offload != "none" and device.type == "cpu":
         raise InvalidInputError(f"--offload {options.offload} moves weights to an accelerator; it needs a GPU device")
+    if options.storage_dtype is not None and options.storage_dtype not in STORAGE_DTYPES:
+        raise InvalidInputError(f"unknown storage dtype {options.storage_dtype!r}; use {', '.join(STORAGE_DTYPES)}")
+    if options.first_block_cache is not None and not options.first_block_cache > 0:
+        raise InvalidInputError(f"first-block cache threshold must be > 0, got {options.first_block_cache}")
+    if options.attention_backend is not None and options.attention_backend not in attention_backends():
+        raise InvalidInputError(
+            f"unknown attention backend {options.attention_backend!r}; use one of {', '.join(attention_backends())}"
+        )
     return device, dtype
+
+
+def attention_backends() -> tuple[str, ...]:
+    """The names diffusers' attention dispatcher accepts (whether each one's kernels are installed is checked when
+    it is set)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return tuple(backend.value for backend in AttentionBackendName)
 
 
 def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditPipeline:
@@ -99,8 +123,30 @@ def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditP
         _load_lora(pipe, lora, options.local_files_only)
     if options.vae_tiling:
         pipe.vae.enable_tiling()
+    experts = [getattr(pipe, name) for name in EXPERTS if getattr(pipe, name) is not None]
+    if options.storage_dtype:  # before placement: group offloading moves the 8-bit weights, not the full ones
+        for expert in experts:
+            expert.enable_layerwise_casting(storage_dtype=STORAGE_DTYPES[options.storage_dtype], compute_dtype=dtype)
     _place(pipe, device, options.offload)
+    for expert in experts:
+        _speed_up(expert, options)
     return pipe
+
+
+def _speed_up(expert, options: LoadOptions) -> None:
+    """Attention backend, first-block cache and compilation of one expert, as `options` ask."""
+    if options.attention_backend:
+        try:
+            expert.set_attention_backend(options.attention_backend)
+        except (ImportError, RuntimeError, ValueError) as error:
+            raise SetupError(f"attention backend {options.attention_backend!r}: {_first_line(error)}") from None
+    if options.first_block_cache:
+        from diffusers import FirstBlockCacheConfig
+
+        expert.enable_cache(FirstBlockCacheConfig(threshold=options.first_block_cache))
+    if options.compile:
+        # Dropout changes the number of frames mid-edit: dynamic shapes avoid recompiling at every cut.
+        expert.compile_repeated_blocks(dynamic=True)
 
 
 def _from_pretrained(model_id: str, dtype: torch.dtype, local_files_only: bool) -> IFEditPipeline:

@@ -33,7 +33,7 @@ from .dropout import (
 )
 from .errors import InvalidInputError
 from .io import validate_image
-from .options import HistoryMode, PositionMode, SigmaSchedule, check_options
+from .options import DecodeMode, HistoryMode, PositionMode, SigmaSchedule, check_options
 from .sharpness import candidate_frames, laplacian_variance, sharpest
 from .sizes import fit_size, round_frames
 
@@ -77,9 +77,10 @@ class _Clip:
     kept: list[int] | None
     scores: dict[int, float]
     selected: int
+    offset: int = 0  # frames of the whole clip left undecoded before `video`
 
     def frame(self, index: int) -> torch.Tensor:
-        return self.video[:, :, index]
+        return self.video[:, :, index - self.offset]
 
 
 class IFEditPipeline(WanImageToVideoPipeline):
@@ -140,6 +141,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         refine_frames: int | None = None,
         refine_steps: int | None = None,
         refine_strength: float = 1.0,
+        decode_frames: DecodeMode = "all",
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         max_sequence_length: int = 512,
@@ -176,6 +178,9 @@ class IFEditPipeline(WanImageToVideoPipeline):
             refine_steps: steps of the refinement pass; defaults to `num_inference_steps`.
             refine_strength: 1.0 starts refinement from pure noise; below 1 from the chosen frame re-noised to
                 that fraction of the trajectory (fewer steps run).
+            decode_frames: "all" decodes every kept latent frame; "needed" decodes only the last two (the earlier
+                one primes the causal VAE's cache) when no clip is returned, since the candidates come from the
+                last one. Faster; the decoded candidates differ slightly from a whole-clip decode.
             generator: torch generator for reproducible noise; the refinement pass draws from it after the edit.
             latents: initial noise for the edit pass, shape (1, C, F, H/8, W/8).
             max_sequence_length: text-encoder tokens (Wan uses 512).
@@ -204,6 +209,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
             refine_frames=refine_frames,
             refine_steps=refine_steps,
             refine_strength=refine_strength,
+            decode_frames=decode_frames,
             output_type=output_type,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
@@ -212,6 +218,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         num_frames = round_frames(num_frames, frames_per_latent)
         refine_frames = num_frames if refine_frames is None else round_frames(refine_frames, frames_per_latent)
         height, width = fit_size(image.size, height, width, max_area, self.size_multiple)
+        self._check_positions(height, width, max(num_frames, refine_frames))
         guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
         tld_threshold = tld_threshold or self.config.boundary_ratio or DEFAULT_TLD_THRESHOLD
         self._interrupt = False
@@ -240,6 +247,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
             tld_history=tld_history,
             tld_positions=tld_positions,
             generator=generator,
+            decode_all=return_frames or decode_frames == "all",
             attention_kwargs=attention_kwargs,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
@@ -312,6 +320,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         strength: float,
         timer: _StageTimer,
         prefix: str,
+        decode_all: bool,
         **denoise,
     ) -> _Clip:
         """One pass: denoise a clip that starts at `first_frame`, decode it, score and pick its late frames."""
@@ -335,12 +344,16 @@ class IFEditPipeline(WanImageToVideoPipeline):
             **denoise,
         )
         with timer(prefix + "decode"):
-            video = self._decode(latents)
+            skipped = 0 if decode_all else max(latents.shape[2] - 2, 0)
+            video = self._decode(latents[:, :, skipped:])
         with timer(prefix + "select"):
             candidates = candidate_frames(video.shape[2], self.vae_scale_factor_temporal)
             frames = (video[0, :, candidates].transpose(0, 1) / 2 + 0.5).clamp(0, 1)
-            scores = dict(zip(candidates, laplacian_variance(frames).tolist(), strict=True))
-        return _Clip(video=video, kept=kept, scores=scores, selected=sharpest(scores))
+            # Frame numbers always count from the start of the whole decoded clip.
+            offset = skipped * self.vae_scale_factor_temporal
+            values = laplacian_variance(frames).tolist()
+            scores = {offset + index: score for index, score in zip(candidates, values, strict=True)}
+        return _Clip(video=video, kept=kept, scores=scores, selected=sharpest(scores), offset=offset)
 
     def _denoise(
         self,
@@ -394,6 +407,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
                 latents = sigma * latents + (1 - sigma) * self._encode_still(image, num_frames)
 
         num_latent_frames = latents.shape[2]
+        self._reset_step_caches()
         drop_at = None
         if tld_stride > 1:
             drop_at = dropout_step(timesteps, tld_threshold * self.scheduler.config.num_train_timesteps)
@@ -422,6 +436,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
                     if tld_positions == "original":
                         experts = (self.transformer, self.transformer_2)
                         hooks.enter_context(original_positions(experts, kept, num_latent_frames))
+                    self._reset_step_caches()
 
                 expert = self.expert_for(t)
                 model = getattr(self, expert)
@@ -469,6 +484,13 @@ class IFEditPipeline(WanImageToVideoPipeline):
             latents = (1 - first_frame_mask) * condition + first_frame_mask * latents
         return latents, kept
 
+    def _reset_step_caches(self) -> None:
+        """Step caches (e.g. first-block cache) compare a step with the previous one, which a new pass or a dropout
+        cut makes meaningless (and differently shaped)."""
+        for expert in (self.transformer, self.transformer_2):
+            if expert is not None and expert.is_cache_enabled:
+                expert._reset_stateful_cache()
+
     def _progress_bar(self, total: int):
         """diffusers' progress bar (honouring `set_progress_bar_config`), labelled with the running pass."""
         config = getattr(self, "_progress_bar_config", {})
@@ -513,6 +535,20 @@ class IFEditPipeline(WanImageToVideoPipeline):
     def _postprocess(self, video: torch.Tensor, output_type: str):
         """A (1, 3, T, H, W) video in [-1, 1] to a list of PIL images, a (T, H, W, 3) array or (T, 3, H, W) tensor."""
         return self.video_processor.postprocess_video(video, output_type=output_type)[0]
+
+    def _check_positions(self, height: int, width: int, num_frames: int) -> None:
+        """The transformer's rotary embedding has `rope_max_seq_len` positions per axis; past them it fails deep
+        inside the model, so say which size is allowed instead."""
+        positions = self.transformer.config.rope_max_seq_len
+        largest_side = positions * self.size_multiple
+        if max(height, width) > largest_side:
+            raise InvalidInputError(
+                f"{width}x{height} px is too large for this model: at most {largest_side} px a side "
+                "(set a smaller height and width)"
+            )
+        largest_clip = (positions - 1) * self.vae_scale_factor_temporal + 1
+        if num_frames > largest_clip:
+            raise InvalidInputError(f"{num_frames} frames are too many for this model: at most {largest_clip}")
 
     def _check_scheduler(self, sigma_schedule: str, refine_strength: float) -> None:
         """Options that only some schedulers support."""

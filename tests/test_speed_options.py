@@ -1,0 +1,109 @@
+"""The speed options on tiny real models: each one runs through dropout and refinement and changes what it says."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from ifedit.errors import InvalidInputError
+from ifedit.loading import LoadOptions, check_placement, load_pipeline
+from ifedit.presets import custom_preset
+
+PROMPT = "the square slides to the right"
+# 17 frames are 5 latent frames; dropout with K = 3 keeps [0, 3, 4] (9 pixel frames), which "needed" decoding thins.
+SETTINGS = {"height": 64, "width": 96, "num_frames": 17, "num_inference_steps": 6, "output_type": "np"}
+IMAGE = PIL.Image.new("RGB", (96, 64), (40, 90, 160))
+
+
+def _edit(pipe, image, **overrides):
+    return pipe(image, PROMPT, generator=torch.Generator().manual_seed(5), **{**SETTINGS, **overrides})
+
+
+def _load(tiny_dirs, **options):
+    pipe = load_pipeline(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", **options))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_dirs):
+    return IMAGE, _edit(_load(tiny_dirs), IMAGE, return_frames=True)
+
+
+def _count_block_calls(pipe) -> list[int]:
+    """How often each expert's last block computed (forward hooks on its feed-forward layer, which a cached step
+    skips; the block itself is still called)."""
+    counts = [0, 0]
+    for index, expert in enumerate((pipe.transformer, pipe.transformer_2)):
+        expert.blocks[-1].ffn.register_forward_hook(
+            lambda *_, index=index: counts.__setitem__(index, counts[index] + 1)
+        )
+    return counts
+
+
+def test_bad_speed_options_are_refused_with_what_is_allowed(tiny_dirs):
+    preset = custom_preset(tiny_dirs["a14b"])
+    with pytest.raises(InvalidInputError, match="unknown attention backend 'fast'; use one of .*native"):
+        check_placement(preset, LoadOptions(device="cpu", attention_backend="fast"))
+    with pytest.raises(InvalidInputError, match="unknown storage dtype 'int4'; use float8_e4m3fn, float8_e5m2"):
+        check_placement(preset, LoadOptions(device="cpu", storage_dtype="int4"))
+    with pytest.raises(InvalidInputError, match="first-block cache threshold must be > 0, got 0"):
+        check_placement(preset, LoadOptions(device="cpu", first_block_cache=0))
+    with pytest.raises(InvalidInputError, match="decode_frames must be all or needed, got 'some'"):
+        _load(tiny_dirs)(IMAGE, PROMPT, decode_frames="some")
+
+
+def test_native_attention_backend_gives_the_same_edit(tiny_dirs, baseline):
+    image, expected = baseline
+    result = _edit(_load(tiny_dirs, attention_backend="native"), image)
+    assert np.abs(result.image - expected.image).max() < 1e-5
+
+
+def test_first_block_cache_skips_steps_across_the_dropout_cut_and_both_passes(tiny_dirs, baseline):
+    image, expected = baseline
+    strict = _load(tiny_dirs, first_block_cache=1e-12)  # nothing is ever that close: every step computes
+    strict_calls = _count_block_calls(strict)
+    assert np.abs(_edit(strict, image).image - expected.image).max() < 1e-5
+
+    loose = _load(tiny_dirs, first_block_cache=1e9)  # everything is: only each pass's first step per expert computes
+    loose_calls = _count_block_calls(loose)
+    result = _edit(loose, image)  # the cache is reset at the cut, so the thinner latent does not meet stale state
+    assert result.kept_latent_frames == [0, 3, 4] and result.refine_kept_latent_frames == [0, 3, 4]
+    assert sum(loose_calls) < sum(strict_calls)
+    assert loose_calls[0] >= 2 and loose_calls[1] >= 2, "each expert computes at least once per pass"
+    assert np.abs(result.image - expected.image).max() > 1e-3
+
+
+def test_float8_storage_keeps_weights_in_8_bits_and_the_edit_close(tiny_dirs, baseline):
+    image, expected = baseline
+    pipe = _load(tiny_dirs, storage_dtype="float8_e4m3fn")
+    for expert in (pipe.transformer, pipe.transformer_2):
+        assert expert.blocks[0].ffn.net[2].weight.dtype == torch.float8_e4m3fn
+    result = _edit(pipe, image)
+    difference = np.abs(result.image - expected.image)
+    assert 0 < difference.mean() < 0.1
+
+
+def test_needed_decoding_decodes_two_latent_frames_and_numbers_frames_as_the_whole_clip(tiny_dirs, baseline):
+    image, expected = baseline
+    pipe = _load(tiny_dirs)
+    decoded = []
+    decode = pipe.vae.decode  # decoding is not `forward`, so a wrapper observes it instead of a hook
+    pipe.vae.decode = lambda latents, **kwargs: decoded.append(latents.shape[2]) or decode(latents, **kwargs)
+    result = _edit(pipe, image, decode_frames="needed")
+    assert decoded == [2, 2], "the edit and the refinement each decode their last two kept latent frames"
+    assert sorted(result.sharpness) == sorted(expected.sharpness) == [5, 6, 7, 8]
+    assert result.selected_index in result.sharpness and result.refine_selected_index in result.refine_sharpness
+    assert result.image.shape == expected.image.shape
+
+    decoded.clear()
+    full = _edit(pipe, image, decode_frames="needed", return_frames=True)  # asking for the clip decodes it all
+    assert decoded == [3, 3] and np.abs(full.image - expected.image).max() < 1e-5
+
+
+def test_compiled_blocks_give_the_same_edit(tiny_dirs, baseline):
+    image, expected = baseline
+    pipe = _load(tiny_dirs, compile=True)
+    assert all(block._compiled_call_impl is not None for block in pipe.transformer.blocks)
+    result = _edit(pipe, image)
+    assert np.abs(result.image - expected.image).max() < 1e-4
