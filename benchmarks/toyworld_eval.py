@@ -21,13 +21,15 @@ import torch
 
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
-from ifedit.options import edit_settings
+from ifedit.options import FAST_SETTINGS, edit_settings
 from ifedit.presets import resolve_model
 from ifedit.prompting.template import template_prompt
 from ifedit.sharpness import laplacian_variance
 from ifedit.toyworld.detect import score_edit
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 
+# A cheaper refinement: a 5-frame still video (two latent frames) from the chosen frame re-noised halfway.
+SHORT_REFINE = {"refine_frames": 5, "refine_strength": 0.5}
 # name -> (edit-setting overrides, prompt wording); None overrides = copy the source. "default" is what
 # `ifedit edit --model toyworld` does with no VLM configured: the offline template, K = 3, refinement on.
 SETTINGS: dict[str, tuple[dict | None, str]] = {
@@ -38,6 +40,10 @@ SETTINGS: dict[str, tuple[dict | None, str]] = {
     "K=2": ({"tld_stride": 2}, "template"),
     "K=4": ({"tld_stride": 4}, "template"),
     "no refine": ({"refine": False}, "template"),
+    "decode needed": ({"decode_frames": "needed"}, "template"),
+    "short refine": (SHORT_REFINE, "template"),
+    "fast": (FAST_SETTINGS, "template"),
+    "fast, K=4, strength 0.25": ({**FAST_SETTINGS, "tld_stride": 4, "refine_strength": 0.25}, "template"),
 }
 MOVES = ("left", "right", "up", "down", "fall")
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -36,3 +37,22 @@ def test_flop_count_of_an_a14b_step_matches_a_hand_calculation(monkeypatch):
     )
     counted = flops.transformer_step(9, 480, 832)
     assert counted == pytest.approx(layers * per_layer, rel=2e-3)  # the rest: embeddings and the output head
+
+
+def test_peak_activation_tracker_follows_tensor_lifetimes_and_fused_attention(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import flops
+
+    with torch.device("meta"):
+        mlp = torch.nn.Sequential(torch.nn.Linear(100, 200), torch.nn.ReLU(), torch.nn.Linear(200, 50))
+    rows = torch.empty(1000, 100, device="meta")
+    # The first layer's output and the ReLU's are alive together; the last layer's output is smaller.
+    assert flops.peak_activations(mlp, lambda model: model(rows)) == 2 * 1000 * 200 * 4
+
+    query = torch.empty(1, 2, 4096, 64, device="meta")
+
+    def attention(_):  # looked up at call time, as diffusers' attention dispatcher does
+        return torch.nn.functional.scaled_dot_product_attention(query, query, query)
+
+    # A fused kernel holds its output, never the 2 x 4096 x 4096 score matrices (256 MiB here).
+    assert flops.peak_activations(None, attention) == 1 * 2 * 4096 * 64 * 4
