@@ -1,0 +1,107 @@
+"""The edit stage on a Ray cluster: one actor per GPU (or CPU workers where there is none) pulling from one queue.
+
+Ray is imported only here and only when asked for, so the rest of the harness runs without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..errors import SetupError
+from .runner import CaseEditor, Outcome, RunPlan, Task
+
+logger = logging.getLogger("ifedit")
+
+MAX_ATTEMPTS = 3  # a case whose worker died this many times is recorded as failed instead of retried again
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise SetupError("--ray needs Ray: pip install 'ifedit[bench]'") from None
+    return ray
+
+
+def ray_outcomes(
+    tasks: Sequence[Task],
+    plan: RunPlan,
+    address: str | None,
+    workers: int | None = None,
+    worker_class: type = CaseEditor,
+    worker_args: tuple[Any, ...] | None = None,
+) -> Iterator[Outcome]:
+    """Outcomes of `tasks` as Ray workers finish them; `address` joins a running cluster, None starts a local one.
+
+    A case whose worker crashes (out of memory, a killed process) goes back to the queue for another worker, at
+    most MAX_ATTEMPTS times; the dead worker is replaced.
+    """
+    if not tasks:
+        return
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise SetupError(f"cannot start or join the Ray cluster at {address or 'this machine'}: {error}") from None
+    try:
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        if gpus:
+            count, options, threads = workers or gpus, {"num_gpus": 1}, None
+        else:
+            count, options, threads = workers or max(1, cpus), {"num_cpus": 1}, 1
+        count = min(count, len(tasks))
+        logger.info("Ray: %d %s workers", count, "GPU" if gpus else "CPU")
+        remote = ray.remote(max_restarts=0, max_task_retries=0, **options)(worker_class)
+        args = worker_args if worker_args is not None else (plan.preset, plan.load_options, plan.settings, threads)
+        yield from _schedule(ray, lambda: remote.remote(*args), tasks, count)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _schedule(ray, new_worker: Callable[[], Any], tasks: Sequence[Task], count: int) -> Iterator[Outcome]:
+    """Hand each idle worker the next case until the queue is empty; requeue the case of a worker that died."""
+    queue = deque((task, 1) for task in tasks)
+    idle = [new_worker() for _ in range(count)]
+    running: dict[Any, tuple[Any, Task, int]] = {}
+    replacements = 2 * count
+    try:
+        while queue or running:
+            while queue and idle:
+                worker = idle.pop()
+                task, attempt = queue.popleft()
+                running[worker.run.remote(task)] = (worker, task, attempt)
+            if not running:
+                raise SetupError("every Ray worker died; see the failure records and the Ray logs")
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            worker, task, attempt = running.pop(ready)
+            try:
+                outcome = ray.get(ready)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                ray.kill(worker)
+                if replacements > 0:
+                    replacements -= 1
+                    idle.append(new_worker())
+                if attempt < MAX_ATTEMPTS:
+                    logger.warning("a worker died on case %s (%s); retrying it elsewhere", task.case.id, reason)
+                    queue.append((task, attempt + 1))
+                else:
+                    yield Outcome(task.case, error=f"worker died {attempt} times on this case; last: {reason}")
+                continue
+            idle.append(worker)
+            yield outcome
+    finally:
+        for worker, _, _ in running.values():
+            ray.kill(worker)
+        for worker in idle:
+            ray.kill(worker)

@@ -1,0 +1,301 @@
+"""Run a benchmark: the prompt stage for every pending case first, then the edit stage, resumable at any point.
+
+The edit stage is the same function in one process and on a Ray worker (`CaseEditor.run`), with a seed derived from the
+run's seed and the case id, so where a case runs does not change its output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..errors import IFEditError, InvalidInputError
+from ..loading import LoadOptions
+from ..presets import Preset
+from .cases import EditCase, load_cases
+from .layout import RunFolder, case_record, compose_output, describe_error
+
+logger = logging.getLogger("ifedit")
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """How the prompt stage writes video prompts: the keyword arguments of `ifedit.prompting.enhance_many`."""
+
+    enhancer: str = "auto"
+    vlm_model: str | None = None
+    api_base_url: str | None = None
+    api_model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    use_cache: bool = True
+    strict: bool = False
+
+    def recorded(self) -> dict[str, Any]:
+        """What the manifest keeps (never the key)."""
+        return {"enhancer": self.enhancer, "vlm_model": self.vlm_model, "api_base_url": self.api_base_url,
+                "api_model": self.api_model, "strict": self.strict}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a benchmark run needs, checked before any model loads."""
+
+    benchmark: str
+    data: Path
+    out: Path
+    preset: Preset
+    load_options: LoadOptions
+    settings: dict[str, Any]
+    prompts: PromptOptions = PromptOptions()
+    seed: int = 0
+    limit: int | None = None
+    categories: tuple[str, ...] = ()
+    argv: tuple[str, ...] = ()
+
+
+@dataclass
+class Task:
+    """One case ready for the edit stage: its source pixels travel with it, so a worker needs no shared disk."""
+
+    case: EditCase
+    source: PIL.Image.Image
+    prompt: str
+    provenance: dict[str, Any]
+    seed: int
+
+
+@dataclass
+class Outcome:
+    """A finished case (`picture` and `record`) or a failed one (`error`)."""
+
+    case: EditCase
+    picture: PIL.Image.Image | None = None
+    record: dict[str, Any] | None = None
+    error: str | None = None
+    details: str = ""
+
+
+@dataclass
+class Summary:
+    total: int
+    skipped: int
+    finished: int
+    failed: dict[str, str]
+    folder: Path
+
+
+def case_seed(seed: int, case_id: str) -> int:
+    """A case's own seed: fixed by the run's seed and the case id, whatever order or worker the case runs in."""
+    digest = hashlib.sha256(f"{seed}:{case_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**31
+
+
+def select_cases(cases: Sequence[EditCase], categories: Sequence[str], limit: int | None) -> list[EditCase]:
+    """The cases of the requested categories, the first `limit` of them."""
+    if categories:
+        known = sorted({case.category for case in cases})
+        unknown = [name for name in categories if name not in known]
+        if unknown:
+            raise InvalidInputError(f"unknown --categories {', '.join(unknown)}; this data has {', '.join(known)}")
+        cases = [case for case in cases if case.category in categories]
+    if limit is not None:
+        if limit < 1:
+            raise InvalidInputError(f"--limit must be at least 1, got {limit}")
+        cases = cases[:limit]
+    return list(cases)
+
+
+def fingerprint(plan: RunPlan, model: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a rerun to continue a run instead of mixing two runs' outputs."""
+    return {
+        "benchmark": plan.benchmark,
+        "data": str(plan.data.resolve()),
+        "model": model,
+        "settings": plan.settings,
+        "seed": plan.seed,
+        "prompt_enhancement": plan.prompts.recorded(),
+    }
+
+
+def model_record(preset: Preset) -> dict[str, Any]:
+    return {
+        "preset": preset.name,
+        "model_id": preset.model_id,
+        "scheduler": preset.scheduler,
+        "flow_shift": preset.flow_shift,
+        "loras": [dataclasses.asdict(lora) for lora in preset.loras],
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def start(plan: RunPlan) -> tuple[RunFolder, list[EditCase], dict[str, Any]]:
+    """Load and select the cases, check the folder belongs to this run, and write the manifest."""
+    cases = select_cases(load_cases(plan.benchmark, plan.data), plan.categories, plan.limit)
+    folder = RunFolder(plan.out)
+    identity = fingerprint(plan, model_record(plan.preset))
+    previous = folder.read_manifest() if folder.root.is_dir() else None
+    if previous is not None:
+        changed = [name for name, value in identity.items() if _plain(previous.get(name)) != _plain(value)]
+        if changed:
+            raise InvalidInputError(
+                f"{folder.root} holds a run with another {changed[0].replace('_', ' ')}; "
+                "continue it with the same options or choose another --out"
+            )
+    folder.prepare()
+    manifest = {
+        "ifedit": __version__,
+        **identity,
+        "layout": "images/ as the benchmark's scorer reads them; records/{id}.json per finished case",
+        "started": (previous or {}).get("started", _now()),
+        "argv": list(plan.argv),
+    }
+    return folder, cases, manifest
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a value (tuples become lists), so a manifest read back compares equal to a fresh one."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def load_sources(cases: Iterable[EditCase], folder: RunFolder) -> Iterator[tuple[EditCase, PIL.Image.Image]]:
+    """Each case's source image; a case whose files are missing or damaged is recorded as failed and skipped."""
+    for case in cases:
+        try:
+            yield case, case.load_source()
+        except IFEditError as error:
+            logger.warning("case %s failed: %s", case.id, error)
+            folder.write_failure(case, f"{type(error).__name__}: {error}")
+
+
+def prompt_stage(sources: Sequence[tuple[EditCase, PIL.Image.Image]], plan: RunPlan) -> list[Task]:
+    """Video prompts for every pending case before any video model loads (a local VLM is then released)."""
+    if not sources:
+        return []
+    from ..prompting import enhance_many
+
+    options = plan.prompts
+    results = enhance_many(
+        [(image, case.text, case.kind) for case, image in sources],
+        enhancer=options.enhancer,
+        vlm_model=options.vlm_model,
+        api_base_url=options.api_base_url,
+        api_model=options.api_model,
+        api_key=options.api_key,
+        timeout=options.timeout,
+        use_cache=options.use_cache,
+        strict=options.strict,
+        device=None if plan.load_options.device == "auto" else plan.load_options.device,
+    )
+    return [
+        Task(case, image, result.prompt, result.to_record(), case_seed(plan.seed, case.id))
+        for (case, image), result in zip(sources, results, strict=True)
+    ]
+
+
+class CaseEditor:
+    """What a process (or a Ray actor) holds for the edit stage: one loaded model and the run's settings."""
+
+    def __init__(self, preset: Preset, options: LoadOptions, settings: dict[str, Any], threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from ..editor import Editor
+
+        self.editor = Editor(preset, options)
+        self.editor.pipe.set_progress_bar_config(disable=True)
+        self.settings = settings
+
+    def run(self, task: Task) -> Outcome:
+        """Edit one case; any error of the case becomes a failed outcome so the run goes on."""
+        case = task.case
+        try:
+            edit = self.editor.edit(
+                task.source,
+                case.text,
+                self.settings,
+                prompt=task.prompt,
+                prompt_provenance=task.provenance,
+                seed=task.seed,
+                source=str(case.source),
+            )
+        except Exception as error:  # noqa: BLE001 - one bad case must not end a run of hundreds
+            return Outcome(case, None, None, *describe_error(error))
+        record = {**edit.record, "case": case_record(case)}
+        return Outcome(case, compose_output(case, task.source, edit.result.image), record)
+
+
+def local_outcomes(tasks: Sequence[Task], plan: RunPlan) -> Iterator[Outcome]:
+    """The edit stage in this process: one model, loaded once."""
+    editor = CaseEditor(plan.preset, plan.load_options, plan.settings)
+    for task in tasks:
+        yield editor.run(task)
+
+
+def run(
+    plan: RunPlan,
+    ray_address: str | None = None,
+    use_ray: bool = False,
+    workers: int | None = None,
+    progress_bar: bool = True,
+) -> Summary:
+    """Run (or continue) a benchmark into `plan.out`; finished cases are skipped, failed and partial ones redone."""
+    folder, cases, manifest = start(plan)
+    pending = [case for case in cases if not folder.finished(case)]
+    skipped = len(cases) - len(pending)
+    if skipped:
+        logger.info("%d of %d cases already finished in %s", skipped, len(cases), folder.root)
+    manifest.update(status="running", cases=len(cases), updated=_now())
+    folder.write_manifest(manifest)
+    finished = 0
+    status = "interrupted"
+    try:
+        tasks = prompt_stage(list(load_sources(pending, folder)), plan)
+        if use_ray:
+            from .distributed import ray_outcomes
+
+            outcomes = ray_outcomes(tasks, plan, ray_address, workers)
+        else:
+            outcomes = local_outcomes(tasks, plan) if tasks else iter(())
+        progress = tqdm(
+            total=len(tasks),
+            desc=f"{plan.benchmark} edits",
+            unit="edit",
+            disable=not (tasks and progress_bar),
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        with progress:
+            for outcome in outcomes:
+                if outcome.error is None:
+                    folder.write_case(outcome.case, outcome.picture, {**outcome.record, "argv": list(plan.argv)})
+                    finished += 1
+                else:
+                    logger.warning("case %s failed: %s", outcome.case.id, outcome.error)
+                    folder.write_failure(outcome.case, outcome.error, outcome.details)
+                progress.update(1)
+        status = "complete"
+    finally:
+        failed = {case_id: error for case_id, error in folder.failures().items() if case_id in {c.id for c in cases}}
+        done = sum(folder.finished(case) for case in cases)
+        manifest.update(status=status if not failed else f"{status} with failures", finished=done,
+                        failed=len(failed), updated=_now())  # fmt: skip
+        folder.write_manifest(manifest)
+    return Summary(len(cases), skipped, finished, failed, folder.root)
