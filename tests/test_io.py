@@ -73,6 +73,20 @@ def test_size_limits(tmp_path):
         validate_image("cat.png")
 
 
+def test_byte_limit_and_shown_name(tmp_path):
+    noisy = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    path = _write(noisy, tmp_path / "upload123.png")
+    assert load_image(path, max_bytes=path.stat().st_size).size == (256, 256)
+    with pytest.raises(
+        InvalidInputError, match=r"^image file is too large: cat\.png is 0\.2 MiB \(at most 0\.0625 MiB\)"
+    ):
+        load_image(path, max_bytes=2**16, name="cat.png")
+    text = tmp_path / "upload456.png"
+    text.write_text("not pixels")
+    with pytest.raises(InvalidInputError, match=r"^not an image file: notes\.png \(expected"):
+        load_image(text, name="notes.png")
+
+
 def test_output_paths_are_checked_up_front(tmp_path):
     with pytest.raises(InvalidInputError, match="output folder does not exist"):
         check_output_path(tmp_path / "missing" / "out.png", overwrite=False)

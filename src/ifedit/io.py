@@ -17,32 +17,43 @@ from .errors import InvalidInputError
 
 MIN_SIDE = 64
 MAX_PIXELS = 40_000_000
+MAX_UPLOAD_BYTES = 50 * 2**20  # the web UI's limit per upload; a 40-megapixel JPEG is well under it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def load_image(path: str | os.PathLike) -> PIL.Image.Image:
-    """Open a user's image file as RGB, honouring EXIF orientation; raise InvalidInputError on any problem."""
+def load_image(path: str | os.PathLike, *, max_bytes: int | None = None, name: str | None = None) -> PIL.Image.Image:
+    """Open a user's image file as RGB, honouring EXIF orientation; raise InvalidInputError on any problem.
+
+    `max_bytes` refuses larger files before reading them (a server takes files from strangers); `name` is how
+    messages call the file when its path means nothing to the user (an upload's temporary copy).
+    """
     path = Path(path)
+    shown = name or str(path)
     if not path.exists():
-        raise InvalidInputError(f"image file not found: {path}")
+        raise InvalidInputError(f"image file not found: {shown}")
     if not path.is_file():
-        raise InvalidInputError(f"image path is not a file: {path}")
+        raise InvalidInputError(f"image path is not a file: {shown}")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidInputError(
+            f"image file is too large: {shown} is {size / 2**20:.1f} MiB (at most {max_bytes / 2**20:.3g} MiB)"
+        )
     try:
         with PIL.Image.open(path) as image:
             # Check the declared size before decoding, so a huge file is refused without loading it.
-            _check_size(image.size, str(path))
+            _check_size(image.size, shown)
             image.load()
             return to_rgb(PIL.ImageOps.exif_transpose(image))
     except PermissionError as error:
-        raise InvalidInputError(f"image file is not readable: {path} ({error.strerror})") from None
+        raise InvalidInputError(f"image file is not readable: {shown} ({error.strerror})") from None
     except PIL.UnidentifiedImageError:
         raise InvalidInputError(
-            f"not an image file: {path} (expected a PNG, JPEG, WebP or another format Pillow reads)"
+            f"not an image file: {shown} (expected a PNG, JPEG, WebP or another format Pillow reads)"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         if isinstance(error, InvalidInputError):
             raise
-        raise InvalidInputError(f"image file is damaged or truncated: {path} ({error})") from None
+        raise InvalidInputError(f"image file is damaged or truncated: {shown} ({error})") from None
 
 
 def validate_image(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:

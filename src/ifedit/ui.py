@@ -1,0 +1,399 @@
+"""The web interface (`ifedit ui`): a Gradio page over the same Editor and prompt stage as the command line.
+
+`EditorApp` holds what the page needs on the server (one loaded model, the prompt stage, a folder for results)
+and its methods are the page's handlers in plain Python: they raise InvalidInputError like the library does.
+`build_page` wires them to Gradio components and turns every error into a message in the page.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import PIL.Image
+
+from .editor import Editor, final_frame
+from .errors import IFEditError, InvalidInputError
+from .io import MAX_UPLOAD_BYTES, load_image, save_image, save_json
+from .options import MIN_FRAMES, check_options, edit_settings
+from .prompting import PromptResult
+from .report import save_video
+from .sizes import fit_size
+from .toyworld.scenes import render_frame, sample_case
+
+logger = logging.getLogger("ifedit")
+
+Enhancer = Callable[[PIL.Image.Image, str], PromptResult]
+Progress = Callable[[int, int, str], None]
+
+QUEUE_SIZE = 20  # edits waiting beyond this are refused at once instead of after a long wait
+ZERO_IS_AUTOMATIC = ("height", "width", "tld_threshold", "refine_steps", "refine_frames")
+EXAMPLE_SEEDS = (1_000_003, 1_000_007, 1_000_012)  # held-out toy-world scenes (training never sees these seeds)
+# Gradio's default theme fetches fonts from a CDN; system fonts keep the page private and work offline.
+THEME_FONTS = {"font": ["ui-sans-serif", "system-ui", "sans-serif"], "font_mono": ["ui-monospace", "monospace"]}
+
+
+@dataclass
+class EditView:
+    """Everything the page shows after an edit."""
+
+    prompt: str
+    prompt_record: dict[str, Any]
+    image: PIL.Image.Image
+    before_after: tuple[PIL.Image.Image, PIL.Image.Image]
+    candidates: list[tuple[PIL.Image.Image, str]]
+    chosen: int  # position in `candidates` of the frame that became the result
+    clip: Path
+    record: Path
+    status: str
+
+
+class EditorApp:
+    """The page's server side: one model loaded once, the prompt stage, and a folder for results and examples."""
+
+    def __init__(self, editor: Editor, enhance: Enhancer):
+        self.editor = editor
+        self.enhance = enhance
+        self.workdir = Path(tempfile.mkdtemp(prefix="ifedit-ui-"))
+        weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
+
+    def read_upload(self, upload: dict[str, Any] | str | None) -> tuple[PIL.Image.Image, str]:
+        """The uploaded image and the name the user knows it by, checked in bytes, pixels and format."""
+        if upload is None:
+            raise InvalidInputError("no image: upload a photo or pick an example first")
+        path = Path(upload["path"] if isinstance(upload, dict) else upload)
+        name = (upload.get("orig_name") if isinstance(upload, dict) else None) or path.name
+        return load_image(path, max_bytes=MAX_UPLOAD_BYTES, name=name), name
+
+    def inspect(self, upload: dict[str, Any] | str | None) -> tuple[int, int]:
+        """Check an image as soon as it arrives and propose the edit's (height, width); (0, 0), automatic, if none."""
+        if upload is None:
+            return 0, 0
+        image, _ = self.read_upload(upload)
+        return self.proposed_size(image.size)
+
+    def proposed_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The preset's area at the photo's aspect, but never more pixels than the photo has (that costs time and
+        adds no detail) nor more than the transformer has positions for (a small model cannot place them)."""
+        pipe = self.editor.pipe
+        width, height = image_size
+        area = min(self.editor.preset.max_area, width * height)
+        rope_positions = getattr(pipe.transformer.config, "rope_max_seq_len", None)
+        if rope_positions:
+            longest = rope_positions * pipe.size_multiple
+            area = min(area, longest**2 * min(width, height) / max(width, height))
+        height, width = fit_size(image_size, None, None, math.floor(area), pipe.size_multiple)
+        if rope_positions:
+            height, width = min(height, longest), min(width, longest)
+        return height, width
+
+    def write_prompt(self, upload: dict[str, Any] | str | None, instruction: str) -> tuple[str, dict[str, Any]]:
+        """The video prompt for this photo and instruction, with its provenance, for the user to read and edit."""
+        image, _ = self.read_upload(upload)
+        result = self.enhance(image, _instruction(instruction))
+        return result.prompt, result.to_record()
+
+    def run(
+        self,
+        upload: dict[str, Any] | str | None,
+        instruction: str,
+        prompt: str,
+        prompt_record: dict[str, Any] | None,
+        settings: dict[str, Any],
+        seed: float | None = None,
+        progress: Progress | None = None,
+    ) -> EditView:
+        """One edit as the form asks; sizes left empty are the proposed ones. An empty prompt is written first, one
+        the user typed or changed is recorded as given."""
+        image, name = self.read_upload(upload)
+        instruction = _instruction(instruction)
+        # The page's number boxes are never empty: 0 stands for "automatic" there, and a negative seed for "draw one".
+        settings = {
+            key: None if key in ZERO_IS_AUTOMATIC and value == 0 else _whole(value) for key, value in settings.items()
+        }
+        if settings.get("height") is None and settings.get("width") is None:
+            settings["height"], settings["width"] = self.proposed_size(image.size)
+        settings = edit_settings(self.editor.preset, **settings)
+        seed = None if seed is None or seed < 0 else _whole(seed)
+        if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise InvalidInputError(f"seed must be a whole number >= 0, got {seed!r}")
+        check_options(prompt=prompt.strip() or instruction, **settings)
+        prompt = prompt.strip()
+        if not prompt:
+            prompt, prompt_record = self.write_prompt(upload, instruction)
+        elif not prompt_record or prompt_record.get("prompt") != prompt:
+            prompt_record = {"backend": "given"}
+        edit = self.editor.edit(
+            image,
+            instruction,
+            settings,
+            prompt=prompt,
+            prompt_provenance=prompt_record,
+            seed=seed,
+            return_frames=True,
+            callback=_step_counter(settings, progress),
+            source=name,
+        )
+        result = edit.result
+        folder = Path(tempfile.mkdtemp(dir=self.workdir))
+        clip, record = folder / "clip.mp4", folder / "edit.json"
+        save_video(result.frames, clip, self.editor.preset.fps)
+        save_json({**edit.record, "outputs": {"video": clip.name}}, record)
+        candidates, chosen = _candidates(result)
+        index, sharpness = final_frame(result)
+        stage = "refinement" if result.refine_sharpness is not None else "edit"
+        status = (
+            f"Done in {result.timings['total']:.1f} s: seed {edit.record['seed']}, {result.width}x{result.height} px, "
+            f"{result.num_frames} frames; the result is {stage} frame {index} (sharpness {sharpness:.1f})."
+        )
+        before = image.resize((result.width, result.height), PIL.Image.Resampling.LANCZOS)
+        return EditView(
+            prompt, prompt_record, result.image, (before, result.image), candidates, chosen, clip, record, status
+        )
+
+    def examples(self) -> list[list[str]]:
+        """Toy-world scenes as (image path, instruction) pairs: pictures that need no download or licence."""
+        folder = self.workdir / "examples"
+        folder.mkdir(exist_ok=True)
+        rows = []
+        for seed in EXAMPLE_SEEDS:
+            case = sample_case(seed)
+            path = folder / f"scene_{seed}.png"
+            save_image(PIL.Image.fromarray(render_frame(case, 0.0)), path)
+            rows.append([str(path), case.instruction])
+        return rows
+
+
+def _instruction(text: str | None) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise InvalidInputError("instruction must not be empty: say what should happen, e.g. 'the ice cube melts'")
+    return text
+
+
+def _whole(value: Any) -> Any:
+    """Numbers from the page arrive as floats; whole ones become ints so the checks see what the user meant."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _step_counter(settings: dict[str, Any], progress: Progress | None):
+    """A step callback that reports (done, total) over both passes; None when nobody listens."""
+    if progress is None:
+        return None
+    steps = settings["num_inference_steps"]
+    total = steps + ((settings["refine_steps"] or steps) if settings["refine"] else 0)
+    done = 0
+
+    def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+        nonlocal done
+        done += 1
+        progress(done, total, f"{pipe.stage} step {step + 1}")
+        return {}
+
+    return callback
+
+
+def _candidates(result) -> tuple[list[tuple[PIL.Image.Image, str]], int]:
+    """The late frames each pass chose from, captioned with their sharpness; the position of the final result."""
+    passes = [("edit", result.frames, result.sharpness, result.selected_index)]
+    if result.refine_sharpness is not None:
+        passes.append(("refine", result.refine_frames, result.refine_sharpness, result.refine_selected_index))
+    items, final = [], 0
+    for stage, frames, scores, selected in passes:
+        for index in sorted(scores):
+            if index == selected:
+                final = len(items)  # the last pass's choice is the result
+            mark = " (chosen)" if index == selected else ""
+            items.append((frames[index], f"{stage} frame {index}: sharpness {scores[index]:.1f}{mark}"))
+    return items, final
+
+
+def _shown_in_page(handler: Callable) -> Callable:
+    """Turn errors into a one-line message in the page; the app stays usable, a traceback goes to the log only."""
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except IFEditError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:
+            logger.exception("the edit failed")
+            message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            raise gr.Error(
+                f"the edit failed ({message}); details are in the server log", print_exception=False
+            ) from None
+
+    return wrapper
+
+
+def build_page(app: EditorApp) -> gr.Blocks:
+    """The page: photo, instruction and editable prompt on the left; result, comparison, frames, clip on the right."""
+    preset = app.editor.preset
+    with gr.Blocks(title="IF-Edit", analytics_enabled=False) as page:
+        prompt_record = gr.State(None)
+        gr.Markdown(
+            "## IF-Edit: image editing with an image-to-video model\n"
+            "Drop in a photo and say what should happen. The model films the change as a short clip and the sharpest "
+            f"late frame becomes the edit. Model: {preset.description}."
+        )
+        with gr.Row():
+            with gr.Column():
+                source = gr.Image(
+                    label="Photo",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    elem_id="source-image",
+                    height=300,
+                )
+                instruction = gr.Textbox(
+                    label="Instruction", placeholder="the ice cube melts", elem_id="instruction", max_lines=3
+                )
+                write = gr.Button("Write the video prompt", elem_id="write-prompt", size="sm")
+                prompt = gr.Textbox(
+                    label="Video prompt: read and edit it before running (left empty, Run writes it)",
+                    lines=4,
+                    elem_id="prompt",
+                )
+                with gr.Accordion("Advanced settings", open=False):
+                    with gr.Row():
+                        steps = gr.Slider(1, 50, preset.num_inference_steps, step=1, label="Steps", elem_id="steps")
+                        frames = gr.Slider(
+                            MIN_FRAMES, 121, preset.num_frames, step=4, label="Frames (4n+1)", elem_id="frames-count"
+                        )
+                    with gr.Row():
+                        height = gr.Number(0, label="Height (px; 0: automatic)", precision=0, elem_id="height")
+                        width = gr.Number(0, label="Width (px; 0: automatic)", precision=0, elem_id="width")
+                        seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+                    with gr.Row():
+                        tld_stride = gr.Slider(
+                            1, 8, preset.tld_stride, step=1, label="Dropout stride K (1: off)", elem_id="tld-stride"
+                        )
+                        tld_threshold = gr.Number(
+                            preset.tld_threshold or 0,
+                            label="Dropout threshold (0: at the expert switch)",
+                            elem_id="tld-threshold",
+                        )
+                    refine = gr.Checkbox(True, label="Refine the chosen frame with a still video", elem_id="refine")
+                    with gr.Row():
+                        refine_steps = gr.Number(0, label="Refine steps (0: as Steps)", precision=0)
+                        refine_frames = gr.Number(0, label="Refine frames (0: as Frames)", precision=0)
+                        refine_strength = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Refine strength")
+                run = gr.Button("Run", variant="primary", elem_id="run")
+                status = gr.Markdown(elem_id="status")
+                examples = gr.Examples(app.examples(), [source, instruction], label="Examples: toy-world scenes")
+            with gr.Column():
+                result = gr.Image(
+                    label="Edited image",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=300,
+                    elem_id="result-image",
+                )
+                comparison = gr.ImageSlider(
+                    label="Before / after", type="pil", interactive=False, elem_id="comparison"
+                )
+                candidates = gr.Gallery(
+                    label="Candidate frames with their sharpness (the chosen one marked)",
+                    columns=4,
+                    height="auto",
+                    format="png",
+                    elem_id="frames",
+                )
+                clip = gr.Video(label="Generated clip", interactive=False, elem_id="clip")
+                record = gr.File(label="How it was made (JSON)", interactive=False, elem_id="record")
+
+        # A new photo is checked at once, its size proposed, and a prompt written for the old one cleared. The check
+        # is cheap and must not wait behind a running edit, hence no concurrency limit.
+        inspect = _shown_in_page(lambda upload: (*app.inspect(upload), ""))
+        checked = dict(outputs=[height, width, prompt], concurrency_limit=None, show_progress="hidden")
+        source.upload(inspect, source, preprocess=False, **checked).failure(lambda: None, None, source)
+        source.clear(lambda: (0, 0, ""), None, **checked)
+        examples.load_input_event.then(inspect, source, preprocess=False, **checked)
+        # A prompt written for other words is stale: typing clears it, so Run never uses it by accident.
+        instruction.input(None, None, prompt, js="() => ''")
+        write.click(
+            _shown_in_page(app.write_prompt),
+            [source, instruction],
+            [prompt, prompt_record],
+            preprocess=False,
+            concurrency_id="model",
+        )
+
+        # Gradio passes inputs by position and finds the progress tracker by its default value.
+        def run_edit(
+            upload, text, written, written_record, chosen_seed, num_inference_steps, num_frames, h, w, stride,
+            threshold, refine_on, refine_num_steps, refine_num_frames, strength,
+            progress=gr.Progress(),  # noqa: B008
+        ):  # fmt: skip
+            settings = dict(
+                num_inference_steps=num_inference_steps,
+                num_frames=num_frames,
+                height=h,
+                width=w,
+                tld_stride=stride,
+                tld_threshold=threshold,
+                refine=refine_on,
+                refine_steps=refine_num_steps,
+                refine_frames=refine_num_frames,
+                refine_strength=strength,
+            )
+
+            def report(done: int, total: int, label: str) -> None:
+                progress((done, total), desc=label)
+
+            view = app.run(upload, text, written, written_record, settings, chosen_seed, report)
+            gallery = gr.Gallery(value=view.candidates, selected_index=view.chosen)
+            files = str(view.clip), str(view.record)
+            return (view.prompt, view.prompt_record, view.image, view.before_after, gallery, *files, view.status)
+
+        settings = [
+            steps,
+            frames,
+            height,
+            width,
+            tld_stride,
+            tld_threshold,
+            refine,
+            refine_steps,
+            refine_frames,
+            refine_strength,
+        ]
+        run.click(
+            _shown_in_page(run_edit),
+            [source, instruction, prompt, prompt_record, seed, *settings],
+            [prompt, prompt_record, result, comparison, candidates, clip, record, status],
+            preprocess=False,
+            concurrency_id="model",
+            show_progress_on=[result, status],
+        )
+    return page
+
+
+def serve(app: EditorApp, host: str, port: int, share: bool) -> None:
+    """Serve the page until interrupted: one edit at a time (one model, one device), the rest queued in view."""
+    page = build_page(app)
+    page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    if host not in ("127.0.0.1", "localhost", "::1") or share:
+        logger.warning("the page is reachable from other machines: anyone who can reach it can run the model")
+    page.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_UPLOAD_BYTES,
+        theme=gr.themes.Default(**THEME_FONTS),
+        show_error=False,
+        quiet=True,
+    )

@@ -1,0 +1,150 @@
+"""The web page's handlers on a real tiny model: what an edit shows, and every mistake as a one-line message."""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+import pytest
+
+from ifedit import ui
+from ifedit.cli import EXIT_SETUP, main
+from ifedit.editor import Editor
+from ifedit.errors import InvalidInputError
+from ifedit.loading import LoadOptions
+from ifedit.presets import resolve_model
+from ifedit.prompting import enhance
+
+FAST = {"num_inference_steps": 2, "num_frames": 5, "refine": True, "refine_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def app(tiny_dirs):
+    editor = Editor(resolve_model(tiny_dirs["a14b"]), LoadOptions(device="cpu"))
+    editor.pipe.set_progress_bar_config(disable=True)
+    return ui.EditorApp(editor, lambda image, text: enhance(image, text, enhancer="template"))
+
+
+@pytest.fixture
+def upload(tmp_path, source_image):
+    """What Gradio hands a handler for an uploaded file: its temporary path and the name the user gave it."""
+    path = tmp_path / "upload_1f3a.png"
+    source_image.save(path)
+    return {"path": str(path), "orig_name": "square.png"}
+
+
+def test_an_edit_shows_result_comparison_frames_clip_and_record(app, upload):
+    steps = []
+    view = app.run(upload, " the square slides right ", "", None, FAST, 7, lambda *step: steps.append(step))
+    # The empty prompt box was filled by the prompt stage, and the record says which backend wrote it.
+    assert "the square slides right" in view.prompt and view.prompt_record["backend"] == "template"
+    assert view.image.size == (96, 64) and [image.size for image in view.before_after] == [(96, 64)] * 2
+    assert view.before_after[1] is view.image
+    # Progress follows the denoising steps of both passes.
+    assert steps == [(1, 4, "edit step 1"), (2, 4, "edit step 2"), (3, 4, "refine step 1"), (4, 4, "refine step 2")]
+    record = json.loads(view.record.read_text())
+    assert record["instruction"] == "the square slides right" and record["prompt"] == view.prompt
+    assert record["seed"] == 7 and record["source"]["path"] == "square.png"
+    assert record["settings"]["num_inference_steps"] == 2 and record["settings"]["num_frames"] == 5
+    # Candidates: each pass's late frames with their sharpness; the one that became the result is marked.
+    captions = [caption for _, caption in view.candidates]
+    result = record["result"]
+    assert len(captions) == len(result["sharpness"]) + len(result["refine_sharpness"])
+    assert sum("(chosen)" in caption for caption in captions) == 2
+    chosen_frame, chosen_caption = view.candidates[view.chosen]
+    assert chosen_caption.startswith(f"refine frame {result['refine_selected_index']}: sharpness ")
+    assert chosen_caption.endswith("(chosen)") and chosen_frame.tobytes() == view.image.tobytes()
+    assert view.clip.stat().st_size > 0 and view.clip.suffix == ".mp4"
+    assert view.status.startswith("Done in ") and "seed 7, 96x64 px, 5 frames" in view.status
+
+
+def test_the_users_prompt_is_used_and_recorded_as_given(app, upload):
+    settings = {**FAST, "refine": False}
+    first = app.run(upload, "the square slides right", "a ready video prompt", None, settings, 3.0)
+    again = app.run(upload, "the square slides right", "a ready video prompt", None, settings, 3)
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))  # seed 3.0 from the page is seed 3
+    record = json.loads(first.record.read_text())
+    assert record["prompt"] == "a ready video prompt" and record["prompt_enhancement"] == {"backend": "given"}
+    assert record["result"]["refine_sharpness"] is None and "(chosen)" in first.candidates[first.chosen][1]
+    # The page's boxes say "automatic" with 0 and "random" with a negative seed.
+    automatic = {**settings, "height": 0, "width": 0, "tld_threshold": 0, "refine_steps": 0, "refine_frames": 0}
+    record = json.loads(app.run(upload, "x", "a ready video prompt", None, automatic, -1).record.read_text())
+    assert (record["settings"]["height"], record["settings"]["width"], record["settings"]["tld_threshold"]) == (
+        64,
+        96,
+        None,
+    )
+    assert record["settings"]["refine_steps"] is None and record["seed"] >= 0
+    # A written prompt run unchanged keeps its provenance.
+    prompt, provenance = app.write_prompt(upload, "the square slides right")
+    view = app.run(upload, "the square slides right", prompt, provenance, settings)
+    assert json.loads(view.record.read_text())["prompt_enhancement"]["backend"] == "template"
+
+
+def test_uploads_are_checked_and_sized(app, upload, tmp_path, monkeypatch):
+    assert app.inspect(upload) == (64, 96)  # never more pixels than the photo has
+    assert app.inspect(None) == (0, 0)
+    # The tiny transformer has positions for 32 patches a side: 512 px.
+    assert app.proposed_size((640, 480)) == (384, 512)
+    assert app.proposed_size((4000, 3000)) == (384, 512)
+    text = tmp_path / "upload_9c2e.png"
+    text.write_text("these are not pixels")
+    with pytest.raises(InvalidInputError, match=r"^not an image file: notes\.png \(expected a PNG"):
+        app.inspect({"path": str(text), "orig_name": "notes.png"})
+    assert _page_message(app.inspect, {"path": str(text)}).startswith("not an image file: upload_9c2e.png")
+    monkeypatch.setattr(ui, "MAX_UPLOAD_BYTES", 100)
+    with pytest.raises(InvalidInputError, match=r"^image file is too large: square\.png is 0\.0 MiB"):
+        app.inspect(upload)
+
+
+@pytest.mark.parametrize(
+    ("instruction", "settings", "message"),
+    [
+        ("  ", FAST, "instruction must not be empty: say what should happen"),
+        ("x", {**FAST, "num_frames": 3}, "num_frames must be an integer >= 5, got 3"),
+        ("x", {**FAST, "tld_threshold": 1.5}, r"tld_threshold must be a timestep fraction in \(0, 1\], got 1.5"),
+        ("x", {**FAST, "num_inference_steps": 2.5}, "num_inference_steps must be an integer >= 1, got 2.5"),
+    ],
+)
+def test_bad_input_is_one_line_in_the_page(app, upload, instruction, settings, message):
+    assert re.match(message, _page_message(app.run, upload, instruction, "", None, settings))
+
+
+def _page_message(handler, *args) -> str:
+    """The message the page shows when `handler` fails."""
+    with pytest.raises(gr.Error) as error:
+        ui._shown_in_page(handler)(*args)
+    return error.value.message
+
+
+def test_a_failed_edit_leaves_the_app_usable(app, upload):
+    message = _page_message(app.run, None, "the square slides right", "", None, FAST)
+    assert message == "no image: upload a photo or pick an example first"
+    # Past the transformer's position table the model itself fails: the page says so in one line.
+    too_large = {**FAST, "height": 1024, "width": 1024}
+    message = _page_message(app.run, upload, "the square slides right", "", None, too_large)
+    assert re.fullmatch(r"the edit failed \(RuntimeError: [^\n]+\); details are in the server log", message)
+    assert app.run(upload, "the square slides right", "", None, FAST).image.size == (96, 64)
+
+
+def test_the_page_has_the_ids_scripts_drive_and_examples(app):
+    page = ui.build_page(app)
+    ids = {block.elem_id for block in page.blocks.values()}
+    assert {"source-image", "instruction", "prompt", "run", "result-image", "comparison", "frames", "clip"} <= ids
+    examples = app.examples()
+    assert len(examples) == len(ui.EXAMPLE_SEEDS)
+    for path, instruction in examples:
+        assert PIL.Image.open(path).size == (64, 64) and instruction
+
+
+def test_ui_without_gradio_is_one_line(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "gradio" else real(name))
+    assert main(["ui", "--model", "debug-tiny"]) == EXIT_SETUP
+    assert capsys.readouterr().err == "ifedit: error: ifedit ui needs the ui extra: pip install 'ifedit[ui]'\n"
+    code = "import sys, ifedit.cli; sys.exit('gradio' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
