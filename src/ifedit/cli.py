@@ -14,7 +14,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import IFEditError, InvalidInputError, SetupError
 from .io import check_output_path, load_image
-from .options import check_options, edit_settings
+from .options import FAST_SETTINGS, check_options, edit_settings
 from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
 from .prompting import DEFAULT_LOCAL_MODEL, ENHANCER_CHOICES, INPUT_KINDS
 from .toyworld.config import TrainConfig
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_arguments(prompt)
     prompt.add_argument("--json", action="store_true", help="print the full record as JSON")
     _add_toyworld_parsers(commands)
+    _add_bench_parsers(commands)
+    _add_ui_parser(commands)
     commands.add_parser(
         "info",
         help="show versions, devices and model presets",
@@ -86,8 +88,14 @@ def _add_edit_parser(commands) -> None:
     prompt = _add_prompt_arguments(edit)
     prompt.add_argument("--prompt", help="a ready video prompt: skips prompt enhancement")
     prompt.add_argument("--negative-prompt", help="what to avoid (only used when guidance is above 1)")
+    _add_model_and_sampling_arguments(edit)
 
-    model = edit.add_argument_group("model and memory")
+
+def _add_model_and_sampling_arguments(
+    parser: argparse.ArgumentParser, seed_help: str = "random seed (default: a new one, recorded in the JSON)"
+) -> None:
+    """Model, memory and every edit setting: shared by `edit` and `bench run`."""
+    model = parser.add_argument_group("model and memory")
     model.add_argument(
         "--model",
         default=DEFAULT_PRESET,
@@ -117,16 +125,47 @@ def _add_edit_parser(commands) -> None:
     model.add_argument("--lora-scale", type=float, help="weight of the LoRAs (default: 1.0)")
     model.add_argument("--no-lora", action="store_true", help="load the model without the preset's LoRAs")
 
-    sampling = edit.add_argument_group("sampling (defaults come from the preset)")
+    speed = parser.add_argument_group("speed (see the README's Performance section)")
+    speed.add_argument(
+        "--fast",
+        action="store_true",
+        help="the measured shortcuts: "
+        + ", ".join(f"{name}={value}" for name, value in FAST_SETTINGS.items())
+        + " (options given explicitly win)",
+    )
+    speed.add_argument(
+        "--attention-backend",
+        metavar="NAME",
+        help="diffusers' attention backend for the experts, e.g. native, flash, _flash_3, sage (needs its kernels)",
+    )
+    speed.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first edit)")
+    speed.add_argument(
+        "--first-block-cache",
+        type=float,
+        metavar="THRESHOLD",
+        help="skip the rest of a step when its first block changed less than THRESHOLD (e.g. 0.05; approximate)",
+    )
+    speed.add_argument(
+        "--storage-dtype",
+        choices=["float8_e4m3fn", "float8_e5m2"],
+        help="store the experts' weights in 8 bits, computing in --dtype (about half their memory)",
+    )
+    speed.add_argument(
+        "--decode",
+        choices=["all", "needed"],
+        help="decode every kept latent frame (default), or only the last two (faster; slightly different candidates)",
+    )
+
+    sampling = parser.add_argument_group("sampling (defaults come from the preset)")
     sampling.add_argument("--steps", type=int, help="denoising steps (paper: 8)")
     sampling.add_argument("--frames", type=int, help="video frames, 4n+1 (paper: 33)")
-    sampling.add_argument("--seed", type=int, help="random seed (default: a new one, recorded in the JSON)")
+    sampling.add_argument("--seed", type=int, help=seed_help)
     sampling.add_argument("--height", type=int, help="video height in px (default: the image's aspect at 480p area)")
     sampling.add_argument("--width", type=int, help="video width in px")
     sampling.add_argument("--guidance", type=float, help="guidance scale of the high-noise expert (paper: 1.0)")
     sampling.add_argument("--guidance-2", type=float, help="guidance scale of the low-noise expert")
 
-    dropout = edit.add_argument_group("temporal latent dropout")
+    dropout = parser.add_argument_group("temporal latent dropout")
     dropout.add_argument(
         "--tld-stride", type=int, help="keep every K-th latent frame and the last (paper: 3; 1 = off)"
     )
@@ -148,7 +187,7 @@ def _add_edit_parser(commands) -> None:
         help="RoPE positions of kept frames: renumbered, or as in the full clip",
     )
 
-    refine = edit.add_argument_group("still-video refinement")
+    refine = parser.add_argument_group("still-video refinement")
     refine.add_argument("--no-refine", action="store_true", help="skip refinement (faster, less crisp)")
     refine.add_argument("--refine-prompt", help="prompt of the still video")
     refine.add_argument("--refine-frames", type=int, help="frames of the still video (default: --frames)")
@@ -156,8 +195,7 @@ def _add_edit_parser(commands) -> None:
     refine.add_argument(
         "--refine-strength",
         type=float,
-        default=1.0,
-        help="1.0 starts from noise; lower starts from the re-noised chosen frame (fewer steps)",
+        help="1.0 (default) starts from noise; lower starts from the re-noised chosen frame (fewer steps)",
     )
 
 
@@ -205,8 +243,114 @@ def _add_toyworld_parsers(commands) -> None:
     demo.add_argument("--overwrite", action="store_true", help="replace the picture if it exists")
 
 
-def _add_prompt_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Options of the prompt-enhancement stage, shared by `edit` and `prompt`."""
+def _add_bench_parsers(commands) -> None:
+    from .bench.cases import BENCHMARKS
+
+    bench = commands.add_parser(
+        "bench",
+        help="run, score and report TEdBench, ByteMorph-Bench, RISEBench and ImgEdit-Bench",
+        description="Benchmark runs that survive interruptions and spread over every GPU (with Ray): outputs in "
+        "the layout each benchmark's own scorer reads, a record per case, scores and a report.",
+    )
+    actions = bench.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    run = actions.add_parser(
+        "run",
+        help="edit every case of a benchmark (a rerun continues where the last one stopped)",
+        description="Write the video prompt of every case first, then edit them into OUT in the layout the "
+        "benchmark's scorer reads. Finished cases are skipped on a rerun; failed and partial ones are redone.",
+        epilog="example: ifedit bench run --benchmark tedbench --data tedbench/ --out runs/tedbench --ray",
+    )
+    run.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="which benchmark --data holds")
+    run.add_argument("--data", required=True, help="your copy of the benchmark, in its official format")
+    run.add_argument("--out", required=True, help="run folder (created; an existing run in it is continued)")
+    run.add_argument("--limit", type=int, help="only the first N cases (after --categories)")
+    run.add_argument("--categories", help="comma-separated categories or edit types to run, e.g. causal_reasoning")
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="edit on Ray: alone, a local cluster on this machine; with ADDRESS (e.g. auto or "
+        "ray://head:10001), join that cluster. One worker per GPU, or CPU workers without GPUs",
+    )
+    run.add_argument("--workers", type=int, help="Ray workers (default: one per GPU, else one per CPU core)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
+    prompt = _add_prompt_arguments(run, input_kind=False)
+    prompt.add_argument("--negative-prompt", help="what to avoid (only used when guidance is above 1)")
+    _add_model_and_sampling_arguments(
+        run, seed_help="run seed; each case's seed derives from it and its id (default: 0)"
+    )
+
+    score = actions.add_parser(
+        "score",
+        help="score a run: TEdBench metrics, sharpness, and the benchmarks' official judges",
+        description="Laplacian sharpness of every output; for TEdBench LPIPS, CLIP-I and CLIP-T; for ByteMorph, "
+        "RISEBench and ImgEdit the official scorer from your checkout of its repository, with your judge "
+        "endpoint. Writes DIR/scores.json.",
+    )
+    score.add_argument("dir", help="a run folder written by `ifedit bench run`")
+    score.add_argument("--clip", metavar="MODEL", help="CLIP for CLIP-I/CLIP-T: a folder or Hub id, e.g. "
+                       "openai/clip-vit-large-patch14")  # fmt: skip
+    score.add_argument(
+        "--lpips-alexnet", metavar="FILE", help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth)"
+    )
+    score.add_argument("--lpips-heads", metavar="FILE", help="LPIPS linear heads (alex.pth of the lpips package)")
+    score.add_argument("--device", default="auto", help="where metrics run: auto, cpu, cuda, cuda:N")
+    score.add_argument("--scorer-repo", metavar="DIR", help="your checkout of the benchmark's official repository")
+    score.add_argument(
+        "--scorer-python",
+        default=sys.executable,
+        metavar="PATH",
+        help="the Python with the official scorer's requirements (default: this one)",
+    )
+    score.add_argument(
+        "--judge-base-url", metavar="URL", help="OpenAI-compatible judge (default $IFEDIT_JUDGE_BASE_URL)"
+    )
+    score.add_argument("--judge-model", metavar="NAME", help="judge model (default $IFEDIT_JUDGE_MODEL, else gpt-4.1)")
+    score.add_argument("--judge-api-key", metavar="KEY", help="judge key (prefer $IFEDIT_JUDGE_API_KEY)")
+    score.add_argument("-q", "--quiet", action="store_true", help="no notes")
+
+    report = actions.add_parser(
+        "report",
+        help="a Markdown table and an HTML page of a scored run, beside the paper's numbers",
+        description="Write DIR/report.md and DIR/report.html: per-case thumbnails and scores, per-category and "
+        "overall numbers, and the paper's published numbers for the benchmark.",
+    )
+    report.add_argument("dir", help="a run folder (scored with `ifedit bench score` for numbers)")
+    report.add_argument("-q", "--quiet", action="store_true", help="no notes")
+
+
+def _add_ui_parser(commands) -> None:
+    ui = commands.add_parser(
+        "ui",
+        help="edit in a web page: upload a photo, type the instruction, see the result and its frames",
+        description="Load the model once and serve a web page (Gradio) for editing: the video prompt can be read "
+        "and changed before running, and the result comes with a before/after view, the candidate frames with "
+        "their sharpness, the clip and the JSON record. Edits run one at a time; others wait in a visible queue.",
+        epilog="example: ifedit ui --model toyworld  (then open http://127.0.0.1:7860)",
+    )
+    ui.add_argument(
+        "--model",
+        default=DEFAULT_PRESET,
+        help=f"a preset ({', '.join(PRESETS)}), a local diffusers pipeline folder, or a Hub id "
+        f"(default: {DEFAULT_PRESET})",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")
+    ui.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    ui.add_argument("--share", action="store_true", help="also publish the page through a temporary gradio.live link")
+    ui.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    ui.add_argument(
+        "--offload",
+        default="none",
+        choices=["none", "model", "sequential", "group"],
+        help="keep weights on the CPU and move them to the GPU as needed (see `ifedit edit --help`)",
+    )
+    _add_prompt_arguments(ui)
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser, input_kind: bool = True) -> argparse._ArgumentGroup:
+    """Options of the prompt-enhancement stage, shared by `edit`, `prompt` and `bench run` (whose benchmark says
+    whether its texts are instructions or target captions, hence `input_kind`)."""
     group = parser.add_argument_group(
         "prompt enhancement",
         "A vision-language model rewrites the instruction as a time-ordered video prompt. By default: the "
@@ -214,12 +358,13 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
         "$OPENAI_API_KEY) if set, else the local model named by --vlm, else an offline template.",
     )
     group.add_argument("--prompt-enhancer", choices=ENHANCER_CHOICES, default="auto", help="force a backend")
-    group.add_argument(
-        "--input-kind",
-        choices=INPUT_KINDS,
-        default="instruction",
-        help="the text is an instruction ('make the dog sit') or a target caption ('A sitting dog.')",
-    )
+    if input_kind:
+        group.add_argument(
+            "--input-kind",
+            choices=INPUT_KINDS,
+            default="instruction",
+            help="the text is an instruction ('make the dog sit') or a target caption ('A sitting dog.')",
+        )
     group.add_argument("--vlm", metavar="MODEL", help=f"local VLM (Hub id or folder), e.g. {DEFAULT_LOCAL_MODEL}")
     group.add_argument("--vlm-base-url", metavar="URL", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     group.add_argument("--vlm-api-model", metavar="NAME", help="model name on that server")
@@ -282,7 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
-        commands = {"edit": _edit, "prompt": _prompt, "toyworld": _toyworld, "demo": _demo, "info": _info}
+        commands = {
+            "edit": _edit,
+            "prompt": _prompt,
+            "toyworld": _toyworld,
+            "demo": _demo,
+            "info": _info,
+            "bench": _bench,
+            "ui": _ui,
+        }
         return commands[args.command](args)
     except InvalidInputError as error:
         print(f"ifedit: error: {error}", file=sys.stderr)
@@ -298,25 +451,7 @@ def main(argv: list[str] | None = None) -> int:
 def _edit(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the (slow) model load.
     preset = _with_lora_options(resolve_model(args.model), args)
-    settings = edit_settings(
-        preset,
-        num_inference_steps=args.steps,
-        num_frames=args.frames,
-        height=args.height,
-        width=args.width,
-        guidance_scale=args.guidance,
-        guidance_scale_2=args.guidance_2,
-        negative_prompt=args.negative_prompt,
-        tld_stride=args.tld_stride,
-        tld_threshold=args.tld_threshold,
-        tld_history=args.tld_history,
-        tld_positions=args.tld_positions,
-        refine=not args.no_refine,
-        refine_prompt=args.refine_prompt,
-        refine_frames=args.refine_frames,
-        refine_steps=args.refine_steps,
-        refine_strength=args.refine_strength,
-    )
+    settings = _edit_settings(preset, args)
     instruction = args.instruction.strip()
     if not instruction:
         raise InvalidInputError("instruction must not be empty")
@@ -328,15 +463,9 @@ def _edit(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from .editor import Editor, final_frame
     from .io import save_image, save_json
-    from .loading import LoadOptions, check_placement
+    from .loading import check_placement
 
-    options = LoadOptions(
-        device=args.device,
-        dtype=args.dtype,
-        offload=args.offload,
-        vae_tiling=args.vae_tiling,
-        local_files_only=args.offline,
-    )
+    options = _load_options(args)
     check_placement(preset, options)
     # The prompt stage runs first: a local VLM is loaded, used and released before the video model loads.
     if args.prompt is not None:
@@ -380,6 +509,48 @@ def _edit(args: argparse.Namespace) -> int:
         outputs["record"],
     )
     return 0
+
+
+def _edit_settings(preset: Preset, args: argparse.Namespace) -> dict:
+    """Pipeline keyword arguments from the edit options (shared by `edit` and `bench run`)."""
+    given = dict(
+        num_inference_steps=args.steps,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        guidance_scale=args.guidance,
+        guidance_scale_2=args.guidance_2,
+        negative_prompt=args.negative_prompt,
+        tld_stride=args.tld_stride,
+        tld_threshold=args.tld_threshold,
+        tld_history=args.tld_history,
+        tld_positions=args.tld_positions,
+        refine=not args.no_refine,
+        refine_prompt=args.refine_prompt,
+        refine_frames=args.refine_frames,
+        refine_steps=args.refine_steps,
+        refine_strength=args.refine_strength,
+        decode_frames=args.decode,
+    )
+    if args.fast:  # the shortcuts fill in what was not given explicitly
+        given.update({name: value for name, value in FAST_SETTINGS.items() if given[name] is None})
+    return edit_settings(preset, **given)
+
+
+def _load_options(args: argparse.Namespace):
+    from .loading import LoadOptions
+
+    return LoadOptions(
+        device=args.device,
+        dtype=args.dtype,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+        local_files_only=args.offline,
+        attention_backend=args.attention_backend,
+        compile=args.compile,
+        first_block_cache=args.first_block_cache,
+        storage_dtype=args.storage_dtype,
+    )
 
 
 def _with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
@@ -474,6 +645,32 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("gradio") is None or importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise SetupError("ifedit ui needs the ui extra: pip install 'ifedit[ui]'")
+    if not 0 < args.port < 65536:
+        raise InvalidInputError(f"--port must be between 1 and 65535, got {args.port}")
+    preset = resolve_model(args.model)
+    _quiet_libraries()
+    # An editor of private photos reports no usage statistics unless the user asks Gradio to.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .editor import Editor
+    from .loading import LoadOptions, check_placement
+    from .ui import EditorApp, serve
+
+    options = LoadOptions(device=args.device, offload=args.offload)
+    check_placement(preset, options)
+    editor = Editor(preset, options)
+    device = None if args.device == "auto" else args.device
+    app = EditorApp(editor, lambda image, text: _enhance(args, image, text, device=device))
+    logger.info("model loaded in %.1f s; serving on http://%s:%d", editor.load_seconds, args.host, args.port)
+    try:
+        serve(app, args.host, args.port, args.share)
+    except OSError as error:
+        raise SetupError(f"cannot serve on {args.host}:{args.port}: {error}") from None
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     _quiet_libraries()
     import torch
@@ -500,6 +697,98 @@ def _info(args: argparse.Namespace) -> int:
         if preset.notes:
             print(f"  {'':<16} {'':<10} {preset.notes}")
     print(f"Hugging Face cache: {os.environ.get('HF_HOME', '~/.cache/huggingface')}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.action == "report":
+        from .bench.report import write_report
+
+        for path in write_report(Path(args.dir)):
+            logger.info("wrote %s", path)
+        return 0
+    _quiet_libraries()
+    if args.action == "score":
+        from .bench.scoring import ScoreOptions, score_run
+
+        options = ScoreOptions(
+            clip=args.clip,
+            lpips_alexnet=args.lpips_alexnet,
+            lpips_heads=args.lpips_heads,
+            device=args.device,
+            scorer_repo=args.scorer_repo,
+            scorer_python=args.scorer_python,
+            judge_base_url=args.judge_base_url,
+            judge_model=args.judge_model,
+            judge_api_key=args.judge_api_key,
+        )
+        path = score_run(Path(args.dir), options)
+        logger.info("wrote %s", path)
+        return 0
+    return _bench_run(args)
+
+
+def _bench_run(args: argparse.Namespace) -> int:
+    from .bench.runner import PromptOptions, RunPlan, run
+
+    if args.ray is not None:
+        from .bench.distributed import import_ray
+
+        import_ray()
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInputError(f"--workers must be at least 1, got {args.workers}")
+    preset = _with_lora_options(resolve_model(args.model), args)
+    settings = _edit_settings(preset, args)
+    check_options(**settings)
+    plan = RunPlan(
+        benchmark=args.benchmark,
+        data=Path(args.data),
+        out=Path(args.out),
+        preset=preset,
+        load_options=_load_options(args),
+        settings=settings,
+        prompts=PromptOptions(
+            enhancer=args.prompt_enhancer,
+            vlm_model=args.vlm,
+            api_base_url=args.vlm_base_url,
+            api_model=args.vlm_api_model,
+            api_key=args.vlm_api_key,
+            timeout=args.vlm_timeout,
+            use_cache=not args.no_cache,
+            strict=args.strict_prompt,
+        ),
+        seed=0 if args.seed is None else args.seed,
+        limit=args.limit,
+        categories=tuple(name.strip() for name in (args.categories or "").split(",") if name.strip()),
+        argv=tuple(sys.argv[1:]),
+    )
+    from .loading import check_placement
+
+    check_placement(preset, plan.load_options)
+    summary = run(
+        plan,
+        ray_address=args.ray or None,
+        use_ray=args.ray is not None,
+        workers=args.workers,
+        progress_bar=not args.quiet,
+    )
+    logger.info(
+        "%s: %d cases, %d already done, %d edited, %d failed; outputs in %s",
+        args.benchmark,
+        summary.total,
+        summary.skipped,
+        summary.finished,
+        len(summary.failed),
+        summary.folder / "images",
+    )
+    if summary.failed:
+        first_id, first_error = next(iter(summary.failed.items()))
+        print(
+            f"ifedit: error: {len(summary.failed)} cases failed (first: {first_id}: {first_error}); "
+            f"records in {summary.folder / 'failures'}; a rerun retries them",
+            file=sys.stderr,
+        )
+        return EXIT_SETUP
     return 0
 
 
