@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import ByT5Tokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from bench_fixtures import FAST, tedbench
+from bench_fixtures import FAST, bytemorph, imgedit, risebench, tedbench
+from ifedit.bench.cases import load_cases
+from ifedit.bench.layout import RunFolder, case_record, compose_output
 from ifedit.bench.metrics import LPIPS, CLIPScorer, sharpness
 from ifedit.cli import main
 from ifedit.errors import SetupError
@@ -72,7 +74,8 @@ def test_clip_scores_on_a_tiny_random_model(clip_dir):
     assert scorer.clip_i(image, image) == pytest.approx(1.0, abs=1e-5)
     assert scorer.clip_i(image, PIL.Image.new("RGB", (48, 48), "red")) < 0.9999
     assert -1 <= scorer.clip_t(image, "a red square") <= 1
-    assert scorer.clip_t(image, "a cat " * 100) == pytest.approx(scorer.clip_t(image, "a cat " * 100))  # truncated
+    # Texts past the text encoder's 64 positions are cut to them: any two such texts with the same start score alike.
+    assert scorer.clip_t(image, "a cat " * 100) == pytest.approx(scorer.clip_t(image, "a cat " * 200))
 
 
 def test_clip_that_cannot_load_says_what_to_pass(tmp_path):
@@ -107,8 +110,6 @@ def test_score_and_report_a_tedbench_run(tmp_path, tiny_dirs, clip_dir, lpips_fi
 
 
 def test_official_scorers_need_a_checkout(tmp_path, tiny_dirs, capsys):
-    from bench_fixtures import risebench
-
     out = tmp_path / "run"
     args = ["bench", "run", "--benchmark", "risebench", "--data", str(risebench(tmp_path / "r")), "--out", str(out)]
     assert main([*args, "--model", tiny_dirs["a14b"], *FAST, "--limit", "1"]) == 0
@@ -118,3 +119,103 @@ def test_official_scorers_need_a_checkout(tmp_path, tiny_dirs, capsys):
     )
     assert main(["bench", "score", str(out), "--scorer-repo", str(tmp_path)]) == 1
     assert "the judge needs an endpoint: --judge-base-url URL" in capsys.readouterr().err
+
+
+def _finished_run(out, benchmark, data):
+    """A run folder whose every case is finished with its source as the output: enough for the scorers."""
+    folder = RunFolder(out)
+    with folder.claimed():
+        settings = {"num_inference_steps": 2, "num_frames": 5, "tld_stride": 3, "refine": False}
+        model = {"preset": "debug-tiny", "model_id": None}
+        folder.write_manifest({"benchmark": benchmark, "data": str(data), "model": model, "settings": settings,
+                               "seed": 0})  # fmt: skip
+        for case in load_cases(benchmark, data):
+            source = case.load_source()
+            folder.write_case(case, compose_output(case, source, source), {"case": case_record(case)})
+    return out
+
+
+FAKE_RISEBENCH = """
+import argparse, csv, json, os, re
+parser = argparse.ArgumentParser()
+for name in ("--data", "--output", "--input", "--model", "--prefix"):
+    parser.add_argument(name)
+args = parser.parse_args()
+# The judge is always named, and its answers are kept apart from other judges'.
+assert args.prefix == re.sub(r"[^A-Za-z0-9._-]+", "_", os.environ["IFEDIT_JUDGE_MODEL"]).strip("._"), args.prefix
+with open(f"{args.output}/{args.prefix}_{args.model}_judge.csv", "w", newline="") as handle:
+    rows = [["-", "Score-Origin", "Score-Percentage", "Accuracy"], ["Overall", 2.0, 25.0, 0.25],
+            ["Temporal", 1.5, 12.5, 0.0], ["Overall_Reasoning", 2.5, 37.5, ""]]
+    csv.writer(handle).writerows(rows + [["cases", len(json.load(open(args.data))), "", ""]])
+"""
+
+
+def test_risebench_official_scores_per_judge_in_percent(tmp_path, capsys):
+    out = _finished_run(tmp_path / "run", "risebench", risebench(tmp_path / "rise"))
+    repo = tmp_path / "RISEBench"
+    repo.mkdir()
+    (repo / "gpt_eval.py").write_text(FAKE_RISEBENCH)
+    score = ["bench", "score", str(out), "--scorer-repo", str(repo), "--judge-base-url", "http://127.0.0.1:9/v1"]
+    assert main(score) == 0
+    official = json.loads((out / "scores.json").read_text())["official"]
+    assert official["judge"]["model"] == "gpt-4.1-2025-04-14"
+    assert official["comparable"] == {"overall": 25.0, "temporal_reasoning": 0.0}
+    assert official["numbers"]["Overall"] == {"score_1_to_5": 2.0, "score_percent": 25.0, "accuracy_0_to_1": 0.25}
+    assert official["numbers"]["cases"]["score_1_to_5"] == 4
+    assert main(score + ["--judge-model", "other/judge v2"]) == 0
+    assert json.loads((out / "scores.json").read_text())["official"]["judge"]["model"] == "other/judge v2"
+    assert sorted(path.name for path in out.glob("*_judge.csv")) == [
+        "gpt-4.1-2025-04-14_ifedit_judge.csv",
+        "other_judge_v2_ifedit_judge.csv",
+    ]
+    assert main(["bench", "report", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "## Published (arXiv 2511.19435), and this run on the same scale" in markdown
+    assert "| this run | overall | 25.000 | accuracy %: the official Accuracy (0-1) x 100" in markdown
+    assert "| IF-Edit | overall | 11.100 | accuracy %, GPT-4.1 judge |" in markdown
+    capsys.readouterr()
+    missing = tmp_path / "no-python"
+    assert main(score + ["--scorer-python", str(missing), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"ifedit: error: --scorer-python {missing} cannot run: No such file or directory\n"
+
+
+def test_bytemorph_scoring_starts_afresh_and_says_where_the_errors_are(tmp_path, capsys):
+    out = _finished_run(tmp_path / "run", "bytemorph", bytemorph(tmp_path / "bm"))
+    evaluation = tmp_path / "ByteMorph" / "ByteMorph-Eval"
+    (evaluation / "utils").mkdir(parents=True)
+    (evaluation / "utils" / "copy_json.py").write_text("")
+    # Every judge call fails: the script only appends to its error log.
+    (evaluation / "gpt_eval.py").write_text(
+        "import sys\nroot = sys.argv[sys.argv.index('--output_root') + 1]\n"
+        "open(f'{root}/error_log.txt', 'a').write('[API Error] 0001.png - 401 Unauthorized\\n')\n"
+    )
+    stale = [out / "official" / "0_camera_zoom" / "0001.score.json", out / "official" / "0_camera_zoom_avg_score.json"]
+    stale[0].parent.mkdir(parents=True)
+    for path in stale:
+        path.write_text('{"Score": 90, "average_score": 90, "num_images": 1}')
+    score = ["bench", "score", str(out), "--scorer-repo", str(evaluation.parent), "--judge-base-url", "http://x/v1"]
+    assert main([*score, "-q"]) == 1
+    log = out / "official" / "error_log.txt"
+    err = capsys.readouterr().err
+    assert err == f"ifedit: error: ByteMorph's gpt_eval.py scored no case (its errors are in {log})\n"
+    assert not any(path.exists() for path in stale) and log.read_text().count("401") == 1
+
+
+def test_imgedit_official_scorer_finds_the_source_images(tmp_path):
+    out = _finished_run(tmp_path / "run", "imgedit", imgedit(tmp_path / "imgedit"))
+    basic = tmp_path / "ImgEdit" / "Benchmark" / "Basic"
+    basic.mkdir(parents=True)
+    arguments = "import json, os, sys\nargs = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+    (basic / "basic_bench.py").write_text(arguments + (
+        "for key, item in json.load(open(args['--edit_json'])).items():\n"
+        "    assert os.path.isfile(os.path.join(args['--origin_img_root'], item['id'])), item\n"
+        "json.dump({}, open(os.path.join(args['--result_img_folder'], 'result.json'), 'w'))\n"
+    ))  # fmt: skip
+    (basic / "step1_get_avgscore.py").write_text(arguments + "json.dump({}, open(args['--average_score_json'], 'w'))")
+    (basic / "step2_typescore.py").write_text(
+        arguments + "json.dump({'adjust': 3.0, 'style': 2.0}, open(args['--typescore_json'], 'w'))"
+    )
+    assert main(["bench", "score", str(out), "--scorer-repo", str(basic.parent.parent), "--judge-base-url", "x"]) == 0
+    official = json.loads((out / "scores.json").read_text())["official"]
+    assert official["numbers"]["overall"] == 2.5 and official["comparable"] == {"overall": 2.5}

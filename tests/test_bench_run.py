@@ -1,8 +1,11 @@
 """`ifedit bench run` end to end on a tiny model: layouts, records, resume after an interrupt, failures, Ray."""
 
 import json
+import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ from ifedit.bench.cases import load_cases
 from ifedit.bench.distributed import MAX_ATTEMPTS, ray_outcomes
 from ifedit.bench.runner import CaseEditor, RunPlan, Task, case_seed, select_cases
 from ifedit.cli import main
+from ifedit.errors import SetupError
 from ifedit.loading import LoadOptions
 from ifedit.options import edit_settings
 from ifedit.presets import custom_preset
@@ -32,9 +36,9 @@ def _images(out: Path) -> dict[str, np.ndarray]:
     return {str(p.relative_to(out)): np.asarray(PIL.Image.open(p)) for p in sorted((out / "images").rglob("*.png"))}
 
 
-def test_risebench_run_writes_the_official_layout_and_records(tmp_path, tiny_dirs):
+def test_risebench_run_writes_the_official_layout_and_records(tmp_path, tiny_dirs, capsys):
     data, out = risebench(tmp_path / "rise"), tmp_path / "run"
-    assert _run("risebench", data, out, tiny_dirs["a14b"], "--seed", "5") == 0
+    assert _run("risebench", data, out, tiny_dirs["a14b"], "--seed", "5", "--vlm-api-key", "sk-do-not-store") == 0
     assert sorted(_images(out)) == [
         f"images/{category}/{category}_1.png"
         for category in ("causal_reasoning", "logical_reasoning", "spatial_reasoning", "temporal_reasoning")
@@ -45,12 +49,54 @@ def test_risebench_run_writes_the_official_layout_and_records(tmp_path, tiny_dir
     assert record["prompt_enhancement"]["backend"] == "template" and record["settings"]["num_frames"] == 5
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["status"], manifest["cases"], manifest["finished"], manifest["failed"]) == ("complete", 4, 4, 0)
+    assert manifest["argv"][-2:] == record["argv"][-2:] == ["--vlm-api-key", "***"]
+    assert not [path for path in out.rglob("*.json") if "sk-do-not-store" in path.read_text()]
     # A rerun finds everything done and touches nothing.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert _run("risebench", data, out, tiny_dirs["a14b"], "--seed", "5") == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
-    # ...and refuses to mix in a run with other settings.
+    # ...and refuses to mix in a run with other settings, or with load options that change the numbers.
+    capsys.readouterr()
     assert _run("risebench", data, out, tiny_dirs["a14b"], "--seed", "6") == 2
+    assert f"{out} holds a run with different seed; continue it" in capsys.readouterr().err
+    assert _run("risebench", data, out, tiny_dirs["a14b"], "--seed", "5", "--first-block-cache", "0.05") == 2
+    assert f"{out} holds a run with different load options; continue it" in capsys.readouterr().err
+    assert manifest["load_options"] == {"dtype": "auto", "storage_dtype": None, "first_block_cache": None,
+                                        "attention_backend": None, "compile": False}  # fmt: skip
+    assert record["placement"]["first_block_cache"] is None and record["placement"]["compile"] is False
+
+
+def test_a_run_claims_its_folder(tmp_path, tiny_dirs, capsys):
+    data = risebench(tmp_path / "rise")
+    # A folder holding something else is not written into.
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"not ours")
+    assert _run("risebench", data, foreign, tiny_dirs["a14b"], "--limit", "1") == 2
+    assert capsys.readouterr().err == (
+        f"ifedit: error: --out {foreign} is not empty and holds no run (manifest.json); choose an empty or new "
+        "folder\n"
+    )
+    assert sorted(path.name for path in foreign.iterdir()) == ["holiday.jpg"]
+    # A folder another live run holds is refused; the lock names that run.
+    out = tmp_path / "runs" / "rise"
+    out.mkdir(parents=True)
+    holder = f"{os.getpid()} {socket.gethostname()}"
+    (out / ".lock").write_text(holder)
+    assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "1") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ifedit: error: --out {out} is in use by another run (process {os.getpid()} on ")
+    assert len(err.splitlines()) == 1 and (out / ".lock").read_text() == holder and not (out / "images").exists()
+    # The lock of a run that ended without removing it is taken over, missing parents of --out are created, and the
+    # lock is gone once the run is.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (out / ".lock").write_text(f"{ended.pid} {socket.gethostname()}")
+    nested = tmp_path / "more" / "runs" / "rise"
+    assert _run("risebench", data, nested, tiny_dirs["a14b"], "--limit", "1") == 0
+    assert not (nested / ".lock").exists()
+    assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "1") == 0
+    assert not (out / ".lock").exists() and len(_images(out)) == 1
 
 
 def test_layouts_of_imgedit_bytemorph_and_filters(tmp_path, tiny_dirs):
@@ -173,3 +219,29 @@ def test_a_crashed_ray_workers_case_goes_to_another_worker_a_bounded_number_of_t
         assert outcomes[cases[0].id].error.startswith(f"worker died {MAX_ATTEMPTS} times on this case")
     else:
         assert outcomes[cases[0].id].error is None and outcomes[cases[0].id].picture is not None
+
+
+class CannotLoad(CaseEditor):
+    """A worker whose model does not load, as a missing or unreadable model folder would."""
+
+    def __init__(self, *args):
+        raise SetupError("model 'missing' not found: give a preset, a pipeline folder or a Hub id")
+
+
+def test_a_ray_worker_that_cannot_start_stops_the_run_with_its_reason(tmp_path, tiny_dirs, caplog, monkeypatch):
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(logging.getLogger("ifedit"), "propagate", True)
+    data = risebench(tmp_path / "rise")
+    preset = custom_preset(tiny_dirs["a14b"])
+    plan = RunPlan("risebench", data, tmp_path / "run", preset, LoadOptions(device="cpu"), {})
+    cases = select_cases(load_cases("risebench", data), (), 2)
+    tasks = [Task(case, case.load_source(), case.text, {"backend": "given"}, 0) for case in cases]
+    # Workers the cluster has no room for would never be placed: the count is cut to what it has.
+    with caplog.at_level(logging.INFO, logger="ifedit"), pytest.raises(SetupError) as error:
+        list(ray_outcomes(tasks, plan, None, 1000, CannotLoad, ()))
+    assert str(error.value) == (
+        "a Ray worker could not start: SetupError: model 'missing' not found: give a preset, a pipeline folder or a "
+        "Hub id"
+    )
+    assert re.search(r"(?m)--workers 1000: the Ray cluster has (\d+) [CG]PUs; using \1$", caplog.text)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chat_server import GOOD_ANSWER, Reply
-from ifedit.cli import main
+from ifedit.cli import main, recorded_argv
 
 FAST = ["--steps", "4", "--frames", "9", "--height", "64", "--width", "96"]
 
@@ -50,6 +50,9 @@ def test_edit_writes_the_image_and_its_record(tmp_path, source, tiny_dirs, capsy
     assert str(result["selected_index"]) in result["sharpness"] and result["kept_latent_frames"] == [0, 2]
     assert str(result["refine_selected_index"]) in result["refine_sharpness"]
     assert record["timings"]["load"] > 0 and record["timings"]["total"] > 0
+    assert record["placement"] == {"device": "cpu", "dtype": "float32", "offload": "none", "vae_tiling": False,
+                                   "storage_dtype": None, "first_block_cache": None, "attention_backend": None,
+                                   "compile": False}  # fmt: skip
     assert record["versions"]["torch"] == torch.__version__ and record["versions"]["diffusers"]
     assert record["outputs"]["video"].endswith("edited.mp4")
     names = sorted(path.name for path in frames.iterdir())
@@ -184,6 +187,13 @@ def test_installed_command_runs_the_smoke_test_preset(tmp_path, source):
     assert json.loads(output.with_suffix(".json").read_text())["model"]["preset"] == "debug-tiny"
 
 
+def test_recorded_command_lines_hide_api_keys():
+    argv = ["bench", "run", "--vlm-api-key", "sk-1", "--vlm-api-model", "m", "--judge-api-key=sk-2", "--seed", "3"]
+    assert recorded_argv(argv) == ["bench", "run", "--vlm-api-key", "***", "--vlm-api-model", "m",
+                                   "--judge-api-key=***", "--seed", "3"]  # fmt: skip
+    assert recorded_argv(["edit", "api-key", "--vlm-api-model", "m"]) == ["edit", "api-key", "--vlm-api-model", "m"]
+
+
 def test_prompt_command_asks_the_configured_server(tmp_path, source, chat_server, capsys):
     code = main(["prompt", str(source), "make the square a triangle", "--vlm-base-url", chat_server.url,
                  "--vlm-api-model", "tiny-vlm", "--vlm-api-key", "k"])  # fmt: skip
@@ -217,9 +227,11 @@ def test_edit_uses_the_server_from_the_environment(tmp_path, source, tiny_dirs, 
 def test_a_failing_server_falls_back_visibly_or_stops_when_strict(tmp_path, source, tiny_dirs, chat_server, capsys):
     chat_server.replies = [Reply(status=401, body={"error": {"message": "bad key"}})]
     output = tmp_path / "o.png"
-    args = ["--vlm-base-url", chat_server.url, "--vlm-api-model", "m"]
+    args = ["--vlm-base-url", chat_server.url, "--vlm-api-model", "m", "--vlm-api-key=sk-do-not-store"]
     assert _edit(source, output, tiny_dirs["a14b"], *args) == 0
     record = json.loads(output.with_suffix(".json").read_text())
+    assert record["argv"][-3:] == ["--vlm-api-model", "m", "--vlm-api-key=***"]
+    assert "sk-do-not-store" not in output.with_suffix(".json").read_text()
     assert record["prompt_enhancement"]["backend"] == "template"
     [fallback] = record["prompt_enhancement"]["fallbacks"]
     assert fallback["backend"] == "api" and "401" in fallback["reason"]

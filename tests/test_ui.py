@@ -89,7 +89,7 @@ def test_uploads_are_checked_and_sized(app, upload, tmp_path, monkeypatch):
     assert app.inspect(upload) == (64, 96)  # never more pixels than the photo has
     assert app.inspect(None) == (0, 0)
     # The tiny transformer has positions for 32 patches a side: 512 px.
-    assert app.proposed_size((640, 480)) == (384, 512)
+    assert app.editor.pipe.largest_side == 512 and app.proposed_size((640, 480)) == (384, 512)
     assert app.proposed_size((4000, 3000)) == (384, 512)
     text = tmp_path / "upload_9c2e.png"
     text.write_text("these are not pixels")
@@ -124,11 +124,34 @@ def _page_message(handler, *args) -> str:
 def test_a_failed_edit_leaves_the_app_usable(app, upload):
     message = _page_message(app.run, None, "the square slides right", "", None, FAST)
     assert message == "no image: upload a photo or pick an example first"
-    # Past the transformer's position table the model itself fails: the page says so in one line.
+    # Past the transformer's position table the pipeline refuses the size before running.
     too_large = {**FAST, "height": 1024, "width": 1024}
     message = _page_message(app.run, upload, "the square slides right", "", None, too_large)
-    assert re.fullmatch(r"the edit failed \(RuntimeError: [^\n]+\); details are in the server log", message)
+    assert message == (
+        "1024x1024 px is too large for this model: at most 512 px a side (set a smaller height and width)"
+    )
     assert app.run(upload, "the square slides right", "", None, FAST).image.size == (96, 64)
+
+
+def test_an_unexpected_failure_inside_the_model_is_one_line_and_the_app_stays_usable(app, upload):
+    def fails_mid_edit(done: int, total: int, label: str) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
+
+    # The progress reporter runs in the pipeline's step callback, so this fails inside a real denoising loop.
+    message = _page_message(app.run, upload, "the square slides right", "", None, FAST, 7, fails_mid_edit)
+    assert message == (
+        "the edit failed (RuntimeError: CUDA error: an illegal memory access was encountered); "
+        "details are in the server log"
+    )
+    assert app.editor.pipe.stage is None
+    assert app.run(upload, "the square slides right", "", None, FAST).image.size == (96, 64)
+
+
+def test_progress_counts_only_the_steps_a_partial_refinement_runs(app, upload):
+    steps = []
+    settings = {**FAST, "refine_strength": 0.5}
+    app.run(upload, "the square slides right", "a ready video prompt", None, settings, 7, lambda *s: steps.append(s))
+    assert steps == [(1, 3, "edit step 1"), (2, 3, "edit step 2"), (3, 3, "refine step 1")]
 
 
 def test_the_page_has_the_ids_scripts_drive_and_examples(app):
@@ -139,6 +162,17 @@ def test_the_page_has_the_ids_scripts_drive_and_examples(app):
     assert len(examples) == len(ui.EXAMPLE_SEEDS)
     for path, instruction in examples:
         assert PIL.Image.open(path).size == (64, 64) and instruction
+
+
+def test_ui_loads_the_model_as_edit_does(tiny_dirs, monkeypatch):
+    served = []
+    monkeypatch.setattr(ui, "serve", lambda app, host, port, share: served.append(app))
+    argv = ["ui", "--model", tiny_dirs["a14b"], "--device", "cpu", "--dtype", "float32", "--vae-tiling",
+            "--first-block-cache", "0.05", "--prompt-enhancer", "template"]  # fmt: skip
+    assert main(argv) == 0
+    [app] = served
+    expected = LoadOptions(device="cpu", dtype="float32", vae_tiling=True, first_block_cache=0.05)
+    assert app.editor.options == expected and app.editor.pipe.transformer.is_cache_enabled
 
 
 def test_ui_without_gradio_is_one_line(monkeypatch, capsys):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -95,6 +96,25 @@ def _add_model_and_sampling_arguments(
     parser: argparse.ArgumentParser, seed_help: str = "random seed (default: a new one, recorded in the JSON)"
 ) -> None:
     """Model, memory and every edit setting: shared by `edit` and `bench run`."""
+    speed = _add_model_arguments(parser)
+    speed.add_argument(
+        "--fast",
+        action="store_true",
+        help="the measured shortcuts: "
+        + ", ".join(f"{name}={value}" for name, value in FAST_SETTINGS.items())
+        + " (options given explicitly win)",
+    )
+    speed.add_argument(
+        "--decode",
+        choices=["all", "needed"],
+        help="decode every kept latent frame (default), or only the last two (faster; slightly different candidates)",
+    )
+    _add_sampling_arguments(parser, seed_help)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Which model and how it is loaded (the options of `_load_options`): shared by `edit`, `bench run` and `ui`.
+    Returns the speed group for the per-edit shortcuts of the commands that take settings."""
     model = parser.add_argument_group("model and memory")
     model.add_argument(
         "--model",
@@ -127,13 +147,6 @@ def _add_model_and_sampling_arguments(
 
     speed = parser.add_argument_group("speed (see the README's Performance section)")
     speed.add_argument(
-        "--fast",
-        action="store_true",
-        help="the measured shortcuts: "
-        + ", ".join(f"{name}={value}" for name, value in FAST_SETTINGS.items())
-        + " (options given explicitly win)",
-    )
-    speed.add_argument(
         "--attention-backend",
         metavar="NAME",
         help="diffusers' attention backend for the experts, e.g. native, flash, _flash_3, sage (needs its kernels)",
@@ -150,12 +163,11 @@ def _add_model_and_sampling_arguments(
         choices=["float8_e4m3fn", "float8_e5m2"],
         help="store the experts' weights in 8 bits, computing in --dtype (about half their memory)",
     )
-    speed.add_argument(
-        "--decode",
-        choices=["all", "needed"],
-        help="decode every kept latent frame (default), or only the last two (faster; slightly different candidates)",
-    )
+    return speed
 
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """Sampling, dropout and refinement settings (the pipeline's keyword arguments; see `_edit_settings`)."""
     sampling = parser.add_argument_group("sampling (defaults come from the preset)")
     sampling.add_argument("--steps", type=int, help="denoising steps (paper: 8)")
     sampling.add_argument("--frames", type=int, help="video frames, 4n+1 (paper: 33)")
@@ -245,6 +257,7 @@ def _add_toyworld_parsers(commands) -> None:
 
 def _add_bench_parsers(commands) -> None:
     from .bench.cases import BENCHMARKS
+    from .bench.published import JUDGE_MODEL
 
     bench = commands.add_parser(
         "bench",
@@ -306,7 +319,13 @@ def _add_bench_parsers(commands) -> None:
     score.add_argument(
         "--judge-base-url", metavar="URL", help="OpenAI-compatible judge (default $IFEDIT_JUDGE_BASE_URL)"
     )
-    score.add_argument("--judge-model", metavar="NAME", help="judge model (default $IFEDIT_JUDGE_MODEL, else gpt-4.1)")
+    score.add_argument(
+        "--judge-model",
+        metavar="NAME",
+        help=f"judge model, sent to every scorer and recorded (default $IFEDIT_JUDGE_MODEL, else {JUDGE_MODEL}: "
+        "RISEBench's own choice and the paper's judge for RISEBench and ImgEdit; left alone, ImgEdit's script asks "
+        "for gpt-4o and ByteMorph's for its Azure deployment, and the paper's ByteMorph numbers used Claude 3.7)",
+    )
     score.add_argument("--judge-api-key", metavar="KEY", help="judge key (prefer $IFEDIT_JUDGE_API_KEY)")
     score.add_argument("-q", "--quiet", action="store_true", help="no notes")
 
@@ -329,22 +348,10 @@ def _add_ui_parser(commands) -> None:
         "their sharpness, the clip and the JSON record. Edits run one at a time; others wait in a visible queue.",
         epilog="example: ifedit ui --model toyworld  (then open http://127.0.0.1:7860)",
     )
-    ui.add_argument(
-        "--model",
-        default=DEFAULT_PRESET,
-        help=f"a preset ({', '.join(PRESETS)}), a local diffusers pipeline folder, or a Hub id "
-        f"(default: {DEFAULT_PRESET})",
-    )
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")
     ui.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
     ui.add_argument("--share", action="store_true", help="also publish the page through a temporary gradio.live link")
-    ui.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    ui.add_argument(
-        "--offload",
-        default="none",
-        choices=["none", "model", "sequential", "group"],
-        help="keep weights on the CPU and move them to the GPU as needed (see `ifedit edit --help`)",
-    )
+    _add_model_arguments(ui)
     _add_prompt_arguments(ui)
 
 
@@ -423,8 +430,27 @@ def _prompt(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def recorded_argv(argv: Sequence[str]) -> list[str]:
+    """The command line as records keep it: the value of every `--...api-key` option replaced by `***`."""
+    recorded: list[str] = []
+    value_is_secret = False
+    for arg in argv:
+        name, equals, _ = arg.partition("=")
+        if value_is_secret:
+            recorded.append("***")
+            value_is_secret = False
+        elif arg.startswith("--") and name.endswith("api-key"):
+            recorded.append(f"{name}=***" if equals else arg)
+            value_is_secret = not equals
+        else:
+            recorded.append(arg)
+    return recorded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = recorded_argv(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
         commands = {
@@ -496,7 +522,7 @@ def _edit(args: argparse.Namespace) -> int:
         save_video(result.frames, outputs["video"], preset.fps)
     save_image(result.image, outputs["image"])
     outputs_record = {name: str(path) for name, path in outputs.items() if name != "record"}
-    save_json({**edit.record, "outputs": outputs_record, "argv": sys.argv[1:]}, outputs["record"])
+    save_json({**edit.record, "outputs": outputs_record, "argv": args.argv}, outputs["record"])
     index, sharpness = final_frame(result)
     logger.info(
         "wrote %s (%dx%d, frame %d, sharpness %.1f) in %.1f s; record: %s",
@@ -650,15 +676,15 @@ def _ui(args: argparse.Namespace) -> int:
         raise SetupError("ifedit ui needs the ui extra: pip install 'ifedit[ui]'")
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port must be between 1 and 65535, got {args.port}")
-    preset = resolve_model(args.model)
+    preset = _with_lora_options(resolve_model(args.model), args)
     _quiet_libraries()
     # An editor of private photos reports no usage statistics unless the user asks Gradio to.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from .editor import Editor
-    from .loading import LoadOptions, check_placement
+    from .loading import check_placement
     from .ui import EditorApp, serve
 
-    options = LoadOptions(device=args.device, offload=args.offload)
+    options = _load_options(args)
     check_placement(preset, options)
     editor = Editor(preset, options)
     device = None if args.device == "auto" else args.device
@@ -742,7 +768,7 @@ def _bench_run(args: argparse.Namespace) -> int:
     check_options(**settings)
     plan = RunPlan(
         benchmark=args.benchmark,
-        data=Path(args.data),
+        data=Path(args.data).expanduser().resolve(),
         out=Path(args.out),
         preset=preset,
         load_options=_load_options(args),
@@ -760,7 +786,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         seed=0 if args.seed is None else args.seed,
         limit=args.limit,
         categories=tuple(name.strip() for name in (args.categories or "").split(",") if name.strip()),
-        argv=tuple(sys.argv[1:]),
+        argv=tuple(args.argv),
     )
     from .loading import check_placement
 

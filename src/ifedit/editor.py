@@ -77,7 +77,7 @@ class Editor:
             "instruction": instruction,
             "prompt": prompt,
             "prompt_enhancement": prompt_provenance or {"backend": "none"},
-            "model": self.model_record(),
+            "model": model_record(self.preset),
             "seed": seed,
             "settings": {**settings, "height": result.height, "width": result.width, "num_frames": result.num_frames},
             "placement": {
@@ -85,6 +85,10 @@ class Editor:
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "offload": self.options.offload,
                 "vae_tiling": self.options.vae_tiling,
+                "storage_dtype": self.options.storage_dtype,
+                "first_block_cache": self.options.first_block_cache,
+                "attention_backend": self.options.attention_backend,
+                "compile": self.options.compile,
             },
             "result": {
                 "selected_index": result.selected_index,
@@ -99,14 +103,16 @@ class Editor:
         }
         return Edit(result=result, record=record)
 
-    def model_record(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset.name,
-            "model_id": self.preset.model_id,
-            "scheduler": self.preset.scheduler,
-            "flow_shift": self.preset.flow_shift,
-            "loras": [dataclasses.asdict(lora) for lora in self.preset.loras],
-        }
+
+def model_record(preset: Preset) -> dict[str, Any]:
+    """Which weights and recipe an edit used, as its record and a benchmark run's manifest keep it."""
+    return {
+        "preset": preset.name,
+        "model_id": preset.model_id,
+        "scheduler": preset.scheduler,
+        "flow_shift": preset.flow_shift,
+        "loras": [dataclasses.asdict(lora) for lora in preset.loras],
+    }
 
 
 def final_frame(result: IFEditPipelineOutput) -> tuple[int, float]:

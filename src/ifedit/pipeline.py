@@ -118,6 +118,11 @@ class IFEditPipeline(WanImageToVideoPipeline):
         """Pixel sides must be multiples of this: the VAE's spatial factor times the transformer's patch."""
         return self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
 
+    @property
+    def largest_side(self) -> int:
+        """The longest side in px the transformer's rotary embedding has positions for (`rope_max_seq_len` patches)."""
+        return self.transformer.config.rope_max_seq_len * self.size_multiple
+
     @torch.no_grad()
     def __call__(
         self,
@@ -539,14 +544,12 @@ class IFEditPipeline(WanImageToVideoPipeline):
     def _check_positions(self, height: int, width: int, num_frames: int) -> None:
         """The transformer's rotary embedding has `rope_max_seq_len` positions per axis; past them it fails deep
         inside the model, so say which size is allowed instead."""
-        positions = self.transformer.config.rope_max_seq_len
-        largest_side = positions * self.size_multiple
-        if max(height, width) > largest_side:
+        if max(height, width) > self.largest_side:
             raise InvalidInputError(
-                f"{width}x{height} px is too large for this model: at most {largest_side} px a side "
+                f"{width}x{height} px is too large for this model: at most {self.largest_side} px a side "
                 "(set a smaller height and width)"
             )
-        largest_clip = (positions - 1) * self.vae_scale_factor_temporal + 1
+        largest_clip = (self.transformer.config.rope_max_seq_len - 1) * self.vae_scale_factor_temporal + 1
         if num_frames > largest_clip:
             raise InvalidInputError(f"{num_frames} frames are too many for this model: at most {largest_clip}")
 

@@ -25,6 +25,7 @@ from .editor import Editor, final_frame
 from .errors import IFEditError, InvalidInputError
 from .io import MAX_UPLOAD_BYTES, load_image, save_image, save_json
 from .options import MIN_FRAMES, check_options, edit_settings
+from .pipeline import refine_start_step
 from .prompting import PromptResult
 from .report import save_video
 from .sizes import fit_size
@@ -86,15 +87,10 @@ class EditorApp:
         adds no detail) nor more than the transformer has positions for (a small model cannot place them)."""
         pipe = self.editor.pipe
         width, height = image_size
-        area = min(self.editor.preset.max_area, width * height)
-        rope_positions = getattr(pipe.transformer.config, "rope_max_seq_len", None)
-        if rope_positions:
-            longest = rope_positions * pipe.size_multiple
-            area = min(area, longest**2 * min(width, height) / max(width, height))
+        longest = pipe.largest_side
+        area = min(self.editor.preset.max_area, width * height, longest**2 * min(width, height) / max(width, height))
         height, width = fit_size(image_size, None, None, math.floor(area), pipe.size_multiple)
-        if rope_positions:
-            height, width = min(height, longest), min(width, longest)
-        return height, width
+        return min(height, longest), min(width, longest)
 
     def write_prompt(self, upload: dict[str, Any] | str | None, instruction: str) -> tuple[str, dict[str, Any]]:
         """The video prompt for this photo and instruction, with its provenance, for the user to read and edit."""
@@ -192,7 +188,10 @@ def _step_counter(settings: dict[str, Any], progress: Progress | None):
     if progress is None:
         return None
     steps = settings["num_inference_steps"]
-    total = steps + ((settings["refine_steps"] or steps) if settings["refine"] else 0)
+    refine_steps = settings["refine_steps"] or steps
+    # A refinement below full strength starts part-way through its schedule and skips the steps before.
+    refine_run = refine_steps - refine_start_step(refine_steps, settings["refine_strength"])
+    total = steps + (refine_run if settings["refine"] else 0)
     done = 0
 
     def callback(pipe, step: int, timestep, tensors: dict) -> dict:

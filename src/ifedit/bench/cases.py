@@ -95,7 +95,8 @@ def find_listing(benchmark: str, root: Path) -> Path:
     return next((path for path in candidates if path.is_file()), candidates[0])
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file of the benchmark, or a one-line error naming `what` is missing or damaged."""
     if not path.is_file():
         raise InvalidInputError(f"{what} not found: {path}")
     try:
@@ -128,7 +129,7 @@ def _tedbench(root: Path) -> list[EditCase]:
     """`input_list.json` (img_name, target_text) and `originals/`: target captions, no ground-truth image."""
     listing = find_listing("tedbench", root)
     folder = listing.parent / "originals"
-    entries = _read_json(listing, "TEdBench list (input_list.json)")
+    entries = read_json(listing, "TEdBench list (input_list.json)")
     if not isinstance(entries, list):
         raise InvalidInputError(f"{listing}: expected a list of {{img_name, target_text}} objects")
     cases = []
@@ -144,7 +145,7 @@ def _tedbench(root: Path) -> list[EditCase]:
 def _risebench(root: Path) -> list[EditCase]:
     """`data/data_total.json` (index, category, instruction, image, reference...), images relative to `data/`."""
     listing = find_listing("risebench", root)
-    entries = _read_json(listing, "RISEBench list (data/data_total.json)")
+    entries = read_json(listing, "RISEBench list (data/data_total.json)")
     if not isinstance(entries, list):
         raise InvalidInputError(f"{listing}: expected a list of {{index, category, instruction, image}} objects")
     cases = []
@@ -181,10 +182,10 @@ def _risebench(root: Path) -> list[EditCase]:
 def _imgedit(root: Path) -> list[EditCase]:
     """`basic_edit.json` (key -> id, prompt, edit_type) and the images of Benchmark.tar, found by their `id`."""
     listing = find_listing("imgedit", root)
-    entries = _read_json(listing, "ImgEdit-Bench list (basic_edit.json)")
+    entries = read_json(listing, "ImgEdit-Bench list (basic_edit.json)")
     if not isinstance(entries, dict):
         raise InvalidInputError(f"{listing}: expected an object from key to {{id, prompt, edit_type}}")
-    image_root = _imgedit_image_root(listing.parent, entries)
+    image_root = imgedit_image_root(listing.parent, entries)
     cases = []
     for key, entry in entries.items():
         where = f"{listing} entry {key!r}"
@@ -194,7 +195,7 @@ def _imgedit(root: Path) -> list[EditCase]:
     return cases
 
 
-def _imgedit_image_root(folder: Path, entries: dict) -> Path:
+def imgedit_image_root(folder: Path, entries: dict) -> Path:
     """The folder under which the `id`s resolve: beside the JSON or one folder down (where Benchmark.tar unpacks)."""
     first = next(iter(entries.values()), None)
     name = first.get("id") if isinstance(first, dict) else None
@@ -218,7 +219,7 @@ def _bytemorph(root: Path) -> list[EditCase]:
         for picture in sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES):
             record = picture.with_suffix(".json")
             where = str(record)
-            entry = _read_json(record, f"ByteMorph-Bench record for {picture.name}")
+            entry = read_json(record, f"ByteMorph-Bench record for {picture.name}")
             instruction = _field(entry, "edit", where)
             caption = _field(entry, "output", where, required=False)
             case_id = safe_id(f"{folder.name}__{picture.stem}")

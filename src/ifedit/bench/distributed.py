@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import SetupError
+from .layout import describe_error
 from .runner import CaseEditor, Outcome, RunPlan, Task
 
 logger = logging.getLogger("ifedit")
@@ -37,7 +38,8 @@ def ray_outcomes(
     """Outcomes of `tasks` as Ray workers finish them; `address` joins a running cluster, None starts a local one.
 
     A case whose worker crashes (out of memory, a killed process) goes back to the queue for another worker, at
-    most MAX_ATTEMPTS times; the dead worker is replaced.
+    most MAX_ATTEMPTS times; the dead worker is replaced. A worker that cannot start (the model does not load) ends
+    the run with its reason instead.
     """
     if not tasks:
         return
@@ -54,28 +56,55 @@ def ray_outcomes(
     try:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-        if gpus:
-            count, options, threads = workers or gpus, {"num_gpus": 1}, None
-        else:
-            count, options, threads = workers or max(1, cpus), {"num_cpus": 1}, 1
-        count = min(count, len(tasks))
-        logger.info("Ray: %d %s workers", count, "GPU" if gpus else "CPU")
-        remote = ray.remote(max_restarts=0, max_task_retries=0, **options)(worker_class)
+        kind, available = ("GPU", gpus) if gpus else ("CPU", max(1, cpus))
+        if workers and workers > available:
+            # Actors beyond the cluster's resources are never placed, and the run would wait for them forever.
+            logger.warning("--workers %d: the Ray cluster has %d %ss; using %d", workers, available, kind, available)
+        count = min(workers or available, available, len(tasks))
+        logger.info("Ray: %d %s workers", count, kind)
+        options, threads = ({"num_gpus": 1}, None) if gpus else ({"num_cpus": 1}, 1)
+        remote = ray.remote(max_restarts=0, max_task_retries=0, **options)(_Worker)
         args = worker_args if worker_args is not None else (plan.preset, plan.load_options, plan.settings, threads)
-        yield from _schedule(ray, lambda: remote.remote(*args), tasks, count)
+        yield from _schedule(ray, lambda: remote.remote(worker_class, args), tasks, count)
     finally:
         if started:
             ray.shutdown()
 
 
+class _Worker:
+    """The Ray actor: a `worker_class` (a CaseEditor) built from `args`. Ray reports a constructor's error as a dead
+    actor whose message is a traceback, so the reason a worker could not start is kept for `ready` to return."""
+
+    def __init__(self, worker_class: type, args: tuple[Any, ...]):
+        try:
+            self.worker, self.failure = worker_class(*args), None
+        except Exception as error:  # noqa: BLE001 - reported by ready(), which the scheduler calls first
+            self.worker, self.failure = None, describe_error(error)[0].splitlines()[0]
+
+    def ready(self) -> str | None:
+        """None once the worker can take cases, else why it could not start."""
+        return self.failure
+
+    def run(self, task: Task) -> Outcome:
+        return self.worker.run(task)
+
+
 def _schedule(ray, new_worker: Callable[[], Any], tasks: Sequence[Task], count: int) -> Iterator[Outcome]:
-    """Hand each idle worker the next case until the queue is empty; requeue the case of a worker that died."""
+    """Start the workers; hand each ready, idle one the next case until the queue is empty; requeue the case of a
+    worker that died. A worker is given cases only once its `ready` says it started."""
     queue = deque((task, 1) for task in tasks)
-    idle = [new_worker() for _ in range(count)]
-    running: dict[Any, tuple[Any, Task, int]] = {}
+    idle: list[Any] = []
+    running: dict[Any, tuple[Any, Task | None, int]] = {}  # a start is a running call without a task
+
+    def start() -> None:
+        worker = new_worker()
+        running[worker.ready.remote()] = (worker, None, 0)
+
+    for _ in range(count):
+        start()
     replacements = 2 * count
     try:
-        while queue or running:
+        while queue or any(task is not None for _, task, _ in running.values()):
             while queue and idle:
                 worker = idle.pop()
                 task, attempt = queue.popleft()
@@ -89,17 +118,23 @@ def _schedule(ray, new_worker: Callable[[], Any], tasks: Sequence[Task], count: 
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as error:
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 ray.kill(worker)
+                if task is None:
+                    raise SetupError(f"a Ray worker died while loading the model: {reason}") from None
                 if replacements > 0:
                     replacements -= 1
-                    idle.append(new_worker())
+                    start()
                 if attempt < MAX_ATTEMPTS:
                     logger.warning("a worker died on case %s (%s); retrying it elsewhere", task.case.id, reason)
                     queue.append((task, attempt + 1))
                 else:
                     yield Outcome(task.case, error=f"worker died {attempt} times on this case; last: {reason}")
                 continue
+            if task is None and outcome is not None:
+                ray.kill(worker)
+                raise SetupError(f"a Ray worker could not start: {outcome}")
             idle.append(worker)
-            yield outcome
+            if task is not None:
+                yield outcome
     finally:
         for worker, _, _ in running.values():
             ray.kill(worker)

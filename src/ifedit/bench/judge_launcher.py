@@ -2,8 +2,8 @@
 
 The official scorers hard-code their endpoint (RISEBench: module globals for `requests.post`; ImgEdit: an `OpenAI`
 client; ByteMorph: an Azure client). This launcher, run by the scorer's own Python (stdlib only), redirects those
-calls to $IFEDIT_JUDGE_BASE_URL with $IFEDIT_JUDGE_API_KEY and, when set, $IFEDIT_JUDGE_MODEL, then runs the script
-as `__main__`: `python judge_launcher.py SCRIPT [ARGS...]`.
+calls to $IFEDIT_JUDGE_BASE_URL with $IFEDIT_JUDGE_API_KEY and the model $IFEDIT_JUDGE_MODEL, then runs the script as
+`__main__`: `python judge_launcher.py SCRIPT [ARGS...]`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import runpy
 import sys
 
 
-def _patch_requests(url: str, key: str, model: str | None) -> None:
+def _patch_requests(url: str, key: str, model: str) -> None:
     try:
         import requests
     except ImportError:
@@ -24,7 +24,7 @@ def _patch_requests(url: str, key: str, model: str | None) -> None:
         import json as json_module
 
         headers = {**(headers or {}), "Authorization": f"Bearer {key}"}
-        if model and data is not None:
+        if data is not None:
             payload = json_module.loads(data)
             data = json_module.dumps({**payload, "model": model})
         return post(f"{url}/chat/completions", *args, headers=headers, data=data, json=json, **kwargs)
@@ -32,7 +32,7 @@ def _patch_requests(url: str, key: str, model: str | None) -> None:
     requests.post = judge_post
 
 
-def _patch_openai(url: str, key: str, model: str | None) -> None:
+def _patch_openai(url: str, key: str, model: str) -> None:
     try:
         import openai
     except ImportError:
@@ -41,21 +41,20 @@ def _patch_openai(url: str, key: str, model: str | None) -> None:
     class JudgeClient(openai.OpenAI):
         def __init__(self, *args, **kwargs):
             super().__init__(api_key=key, base_url=url)
-            if model:
-                create = self.chat.completions.create
-                self.chat.completions.create = lambda *a, **k: create(*a, **{**k, "model": model})
+            create = self.chat.completions.create
+            self.chat.completions.create = lambda *a, **k: create(*a, **{**k, "model": model})
 
     openai.OpenAI = JudgeClient
 
 
-def _patch_langchain(url: str, key: str, model: str | None) -> None:
+def _patch_langchain(url: str, key: str, model: str) -> None:
     try:
         import langchain_openai
     except ImportError:
         return
 
     def azure_client(*args, **kwargs):
-        return langchain_openai.ChatOpenAI(base_url=url, api_key=key, model=model or kwargs.get("model"))
+        return langchain_openai.ChatOpenAI(base_url=url, api_key=key, model=model)
 
     langchain_openai.AzureChatOpenAI = azure_client
 
@@ -64,7 +63,7 @@ def main() -> None:
     script, *arguments = sys.argv[1:]
     url = os.environ["IFEDIT_JUDGE_BASE_URL"].rstrip("/")
     key = os.environ.get("IFEDIT_JUDGE_API_KEY", "")
-    model = os.environ.get("IFEDIT_JUDGE_MODEL") or None
+    model = os.environ["IFEDIT_JUDGE_MODEL"]
     for patch in (_patch_requests, _patch_openai, _patch_langchain):
         patch(url, key, model)
     sys.argv = [script, *arguments]

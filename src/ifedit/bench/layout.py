@@ -6,13 +6,18 @@ DIR/images/...          the benchmark's layout: RISEBench {category}/{index}.png
                         ByteMorph {edit_type}/{name}.png as [input | output], TEdBench {id}.png
 DIR/records/{id}.json   how the case was made, as `ifedit edit` records it; present only once the image is written
 DIR/failures/{id}.json  the error of a case that failed (removed when a later run finishes it)
+DIR/.lock               the process id and host of the run writing into DIR, while it runs
 ```
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ from ..io import save_image, save_json
 from .cases import EditCase
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+SUBFOLDERS = ("images", "records", "failures")
 
 
 def output_relpath(case: EditCase) -> Path:
@@ -74,17 +81,68 @@ class RunFolder:
     def failure_path(self, case_id: str) -> Path:
         return self.root / "failures" / f"{case_id}.json"
 
-    def prepare(self) -> None:
-        """Create the folders and remove temporary files an interrupted run left (a scorer would read them)."""
-        if not self.root.parent.is_dir():
-            raise InvalidInputError(f"folder for --out does not exist: {self.root.parent}")
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the folder for one run: created if missing (parents too), refused while another run holds it or when
+        it holds anything but a run, and cleared of the temporary files an interrupted run left (a scorer would read
+        them)."""
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(f"--out {self.root} exists and is not a folder")
-        for name in ("images", "records", "failures"):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        for leftover in self.root.rglob(".*.tmp*"):
-            if leftover.is_file():
-                leftover.unlink()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            if not self.manifest_path.exists() and any(map(self._foreign, self.root.iterdir())):
+                raise InvalidInputError(
+                    f"--out {self.root} is not empty and holds no run ({MANIFEST}); choose an empty or new folder"
+                )
+            for name in SUBFOLDERS:
+                (self.root / name).mkdir(exist_ok=True)
+            temporary = ".*.tmp*"
+            leftovers = [*self.root.glob(temporary), *(self.root / "images").rglob(temporary)]
+            leftovers += [*(self.root / "records").glob(temporary), *(self.root / "failures").glob(temporary)]
+            for leftover in leftovers:
+                if leftover.is_file():
+                    leftover.unlink()
+            yield
+        finally:
+            self._unlock()
+
+    def _foreign(self, path: Path) -> bool:
+        """Whether `path`, inside a folder without a manifest, is something other than this layout's empty start."""
+        if path.name == LOCK:
+            return False
+        return not (path.name in SUBFOLDERS and path.is_dir() and not any(path.iterdir()))
+
+    def _lock(self) -> None:
+        """Create DIR/.lock or fail: two runs writing one folder would interleave their files. A lock whose process
+        has ended on this host is taken over."""
+        path = self.root / LOCK
+        holder: list[str] = []
+        for _ in range(2):
+            try:
+                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = path.read_text(encoding="utf-8", errors="replace").split()
+                except FileNotFoundError:  # released in the meantime
+                    continue
+                if _alive(holder):
+                    break
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(f"{os.getpid()} {socket.gethostname()}\n")
+            return
+        raise InvalidInputError(
+            f"--out {self.root} is in use by another run (process {' on '.join(holder) or 'unknown'}); wait for it "
+            f"or choose another --out (if no run is active, remove {path})"
+        )
+
+    def _unlock(self) -> None:
+        path = self.root / LOCK
+        with contextlib.suppress(OSError):
+            if path.read_text(encoding="utf-8").split() == [str(os.getpid()), socket.gethostname()]:
+                path.unlink()
 
     def finished(self, case: EditCase) -> bool:
         """A case is finished when its record exists and names an output that exists; anything less is redone."""
@@ -129,6 +187,19 @@ class RunFolder:
             except (OSError, json.JSONDecodeError, KeyError):
                 found[path.stem] = "unreadable failure record"
         return found
+
+
+def _alive(holder: list[str]) -> bool:
+    """Whether the process named in a lock (pid, host) may still run: only one on this POSIX host can be checked."""
+    if len(holder) != 2 or not holder[0].isdigit() or holder[1] != socket.gethostname() or os.name != "posix":
+        return True  # a lock being written, another machine's, or one this system cannot check
+    try:
+        os.kill(int(holder[0]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def case_record(case: EditCase) -> dict[str, Any]:

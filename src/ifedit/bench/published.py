@@ -15,6 +15,9 @@ class Published:
     note: str = ""
 
 
+# The judge of the paper's RISEBench and ImgEdit numbers, and the model RISEBench's own scorer asks for.
+JUDGE_MODEL = "gpt-4.1-2025-04-14"
+
 PUBLISHED: dict[str, tuple[Published, ...]] = {
     "tedbench": tuple(
         Published(method, metric, value)

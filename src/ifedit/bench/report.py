@@ -33,14 +33,19 @@ def write_report(root: Path) -> list[Path]:
     title = f"ifedit on {benchmark}: {manifest['model']['model_id'] or manifest['model']['preset']}"
     summary = _summary_rows(scores, metrics)
     published = [(p.method, p.metric, _format(p.value), p.note) for p in PUBLISHED.get(benchmark, ())]
+    official = scores.get("official") or {}
+    for metric, value in official.get("comparable", {}).items():
+        note = f"{official['comparable_unit']}; judge {official['judge']['model']}"
+        published.append(("this run", metric, _format(value), note))
+    comparable = ", and this run on the same scale" if official.get("comparable") else ""
+    published_title = f"Published (arXiv 2511.19435){comparable}"
     failures = folder.failures()
 
     markdown = [f"# {title}", "", _run_line(manifest, len(cases), failures), ""]
     markdown += ["## Scores", "", *_markdown_table(["", *metrics], summary), ""]
     if scores.get("official"):
         markdown += ["## Official scorer", "", "```json", json.dumps(scores["official"], indent=2), "```", ""]
-    markdown += ["## Published (arXiv 2511.19435)", "", *_markdown_table(["method", "metric", "value", "note"],
-                                                                         published), ""]  # fmt: skip
+    markdown += [f"## {published_title}", "", *_markdown_table(["method", "metric", "value", "note"], published), ""]
     markdown += [*(f"- {note}" for note in scores.get("notes", [])), ""]
     rows = [[case.id, case.category, f"[output]({output_relpath(case)})",
              *(_format(per_case.get(case.id, {}).get(name)) for name in metrics)] for case in cases]  # fmt: skip
@@ -55,7 +60,7 @@ def write_report(root: Path) -> list[Path]:
     body += ["<h2>Scores</h2>", _html_table(["", *metrics], summary)]
     if scores.get("official"):
         body += ["<h2>Official scorer</h2>", f"<pre>{html.escape(json.dumps(scores['official'], indent=2))}</pre>"]
-    body += ["<h2>Published (arXiv 2511.19435)</h2>", _html_table(["method", "metric", "value", "note"], published)]
+    body += [f"<h2>{html.escape(published_title)}</h2>", _html_table(["method", "metric", "value", "note"], published)]
     body += [f"<p>{html.escape(note)}</p>" for note in scores.get("notes", [])]
     case_rows = []
     for case in cases:

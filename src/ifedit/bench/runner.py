@@ -6,7 +6,6 @@ run's seed and the case id, so where a case runs does not change its output.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import sys
@@ -20,6 +19,7 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..editor import model_record
 from ..errors import IFEditError, InvalidInputError
 from ..loading import LoadOptions
 from ..presets import Preset
@@ -117,25 +117,24 @@ def select_cases(cases: Sequence[EditCase], categories: Sequence[str], limit: in
     return list(cases)
 
 
-def fingerprint(plan: RunPlan, model: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(plan: RunPlan) -> dict[str, Any]:
     """What must match for a rerun to continue a run instead of mixing two runs' outputs."""
+    options = plan.load_options
     return {
         "benchmark": plan.benchmark,
         "data": str(plan.data.resolve()),
-        "model": model,
+        "model": model_record(plan.preset),
+        # The load options that change the numbers; offload, tiling and the device only move the work around.
+        "load_options": {
+            "dtype": options.dtype,
+            "storage_dtype": options.storage_dtype,
+            "first_block_cache": options.first_block_cache,
+            "attention_backend": options.attention_backend,
+            "compile": options.compile,
+        },
         "settings": plan.settings,
         "seed": plan.seed,
         "prompt_enhancement": plan.prompts.recorded(),
-    }
-
-
-def model_record(preset: Preset) -> dict[str, Any]:
-    return {
-        "preset": preset.name,
-        "model_id": preset.model_id,
-        "scheduler": preset.scheduler,
-        "flow_shift": preset.flow_shift,
-        "loras": [dataclasses.asdict(lora) for lora in preset.loras],
     }
 
 
@@ -143,28 +142,29 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def start(plan: RunPlan) -> tuple[RunFolder, list[EditCase], dict[str, Any]]:
-    """Load and select the cases, check the folder belongs to this run, and write the manifest."""
-    cases = select_cases(load_cases(plan.benchmark, plan.data), plan.categories, plan.limit)
-    folder = RunFolder(plan.out)
-    identity = fingerprint(plan, model_record(plan.preset))
-    previous = folder.read_manifest() if folder.root.is_dir() else None
+def start(plan: RunPlan, folder: RunFolder, cases: Sequence[EditCase]) -> dict[str, Any]:
+    """Check a claimed folder holds no other run, and write the manifest of this one."""
+    identity = fingerprint(plan)
+    previous = folder.read_manifest()
     if previous is not None:
         changed = [name for name, value in identity.items() if _plain(previous.get(name)) != _plain(value)]
         if changed:
             raise InvalidInputError(
-                f"{folder.root} holds a run with another {changed[0].replace('_', ' ')}; "
+                f"{folder.root} holds a run with different {changed[0].replace('_', ' ')}; "
                 "continue it with the same options or choose another --out"
             )
-    folder.prepare()
     manifest = {
         "ifedit": __version__,
         **identity,
         "layout": "images/ as the benchmark's scorer reads them; records/{id}.json per finished case",
         "started": (previous or {}).get("started", _now()),
         "argv": list(plan.argv),
+        "status": "running",
+        "cases": len(cases),
+        "updated": _now(),
     }
-    return folder, cases, manifest
+    folder.write_manifest(manifest)
+    return manifest
 
 
 def _plain(value: Any) -> Any:
@@ -257,45 +257,47 @@ def run(
     progress_bar: bool = True,
 ) -> Summary:
     """Run (or continue) a benchmark into `plan.out`; finished cases are skipped, failed and partial ones redone."""
-    folder, cases, manifest = start(plan)
-    pending = [case for case in cases if not folder.finished(case)]
-    skipped = len(cases) - len(pending)
-    if skipped:
-        logger.info("%d of %d cases already finished in %s", skipped, len(cases), folder.root)
-    manifest.update(status="running", cases=len(cases), updated=_now())
-    folder.write_manifest(manifest)
-    finished = 0
-    status = "interrupted"
-    try:
-        tasks = prompt_stage(list(load_sources(pending, folder)), plan)
-        if use_ray:
-            from .distributed import ray_outcomes
+    cases = select_cases(load_cases(plan.benchmark, plan.data), plan.categories, plan.limit)
+    folder = RunFolder(plan.out)
+    with folder.claimed():
+        manifest = start(plan, folder, cases)
+        pending = [case for case in cases if not folder.finished(case)]
+        skipped = len(cases) - len(pending)
+        if skipped:
+            logger.info("%d of %d cases already finished in %s", skipped, len(cases), folder.root)
+        finished = 0
+        status = "interrupted"
+        try:
+            tasks = prompt_stage(list(load_sources(pending, folder)), plan)
+            if use_ray:
+                from .distributed import ray_outcomes
 
-            outcomes = ray_outcomes(tasks, plan, ray_address, workers)
-        else:
-            outcomes = local_outcomes(tasks, plan) if tasks else iter(())
-        progress = tqdm(
-            total=len(tasks),
-            desc=f"{plan.benchmark} edits",
-            unit="edit",
-            disable=not (tasks and progress_bar),
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        with progress:
-            for outcome in outcomes:
-                if outcome.error is None:
-                    folder.write_case(outcome.case, outcome.picture, {**outcome.record, "argv": list(plan.argv)})
-                    finished += 1
-                else:
-                    logger.warning("case %s failed: %s", outcome.case.id, outcome.error)
-                    folder.write_failure(outcome.case, outcome.error, outcome.details)
-                progress.update(1)
-        status = "complete"
-    finally:
-        failed = {case_id: error for case_id, error in folder.failures().items() if case_id in {c.id for c in cases}}
-        done = sum(folder.finished(case) for case in cases)
-        manifest.update(status=status if not failed else f"{status} with failures", finished=done,
-                        failed=len(failed), updated=_now())  # fmt: skip
-        folder.write_manifest(manifest)
-    return Summary(len(cases), skipped, finished, failed, folder.root)
+                outcomes = ray_outcomes(tasks, plan, ray_address, workers)
+            else:
+                outcomes = local_outcomes(tasks, plan) if tasks else iter(())
+            progress = tqdm(
+                total=len(tasks),
+                desc=f"{plan.benchmark} edits",
+                unit="edit",
+                disable=not (tasks and progress_bar),
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            with progress:
+                for outcome in outcomes:
+                    if outcome.error is None:
+                        folder.write_case(outcome.case, outcome.picture, {**outcome.record, "argv": list(plan.argv)})
+                        finished += 1
+                    else:
+                        logger.warning("case %s failed: %s", outcome.case.id, outcome.error)
+                        folder.write_failure(outcome.case, outcome.error, outcome.details)
+                    progress.update(1)
+            status = "complete"
+        finally:
+            ids = {case.id for case in cases}
+            failed = {case_id: error for case_id, error in folder.failures().items() if case_id in ids}
+            done = sum(folder.finished(case) for case in cases)
+            manifest.update(status=status if not failed else f"{status} with failures", finished=done,
+                            failed=len(failed), updated=_now())  # fmt: skip
+            folder.write_manifest(manifest)
+        return Summary(len(cases), skipped, finished, failed, folder.root)

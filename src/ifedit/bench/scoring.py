@@ -19,9 +19,11 @@ import torch
 
 from ..errors import InvalidInputError, SetupError
 from ..io import load_image, save_json
-from .cases import EditCase, find_listing
+from ..loading import resolve_device
+from .cases import EditCase, find_listing, imgedit_image_root, read_json, safe_id
 from .layout import RunFolder, output_half
 from .metrics import ALEXNET_HINT, HEADS_HINT, LPIPS, CLIPScorer, sharpness, to_tensor
+from .published import JUDGE_MODEL
 
 logger = logging.getLogger("ifedit")
 
@@ -75,7 +77,7 @@ def score_run(root: Path, options: ScoreOptions) -> Path:
     cases = finished_cases(folder)
     if not cases:
         raise InvalidInputError(f"{folder.root} has no finished cases to score")
-    device = _device(options.device)
+    device = resolve_device(options.device)
     notes: list[str] = []
     metrics: dict[str, Any] = {"sharpness": "variance of the Laplacian, grayscale 0-255 (of the edit itself)"}
     per_case: dict[str, dict[str, Any]] = {}
@@ -112,12 +114,6 @@ def score_run(root: Path, options: ScoreOptions) -> Path:
 
 def _edited(folder: RunFolder, case: EditCase) -> PIL.Image.Image:
     return output_half(case, load_image(folder.output(case)))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _tedbench_metrics(folder, cases, per_case, metrics, notes, options: ScoreOptions, device) -> None:
@@ -174,9 +170,9 @@ def run_official(benchmark, folder: RunFolder, manifest, cases, options: ScoreOp
         raise SetupError(
             "the judge needs an endpoint: --judge-base-url URL or $IFEDIT_JUDGE_BASE_URL (OpenAI-compatible)"
         )
-    env = {**os.environ, "IFEDIT_JUDGE_BASE_URL": base_url}
-    if options.judge_model or os.environ.get("IFEDIT_JUDGE_MODEL"):
-        env["IFEDIT_JUDGE_MODEL"] = options.judge_model or os.environ["IFEDIT_JUDGE_MODEL"]
+    # Always named: left to them, the scorers ask for different models (ImgEdit gpt-4o, ByteMorph its deployment).
+    model = options.judge_model or os.environ.get("IFEDIT_JUDGE_MODEL") or JUDGE_MODEL
+    env = {**os.environ, "IFEDIT_JUDGE_BASE_URL": base_url, "IFEDIT_JUDGE_MODEL": model}
     key = options.judge_api_key or os.environ.get("IFEDIT_JUDGE_API_KEY")
     if key:
         env["IFEDIT_JUDGE_API_KEY"] = key
@@ -184,20 +180,24 @@ def run_official(benchmark, folder: RunFolder, manifest, cases, options: ScoreOp
     work.mkdir(exist_ok=True)
     data = Path(manifest["data"])
     scorer = {"risebench": _risebench, "imgedit": _imgedit, "bytemorph": _bytemorph}[benchmark]
-    numbers = scorer(repo, folder, data, work, cases, lambda *a, **k: _launch(options, env, *a, **k))
+    results = scorer(repo, folder, data, work, cases, model, lambda *a, **k: _launch(options, env, *a, **k))
     return {
         "scorer": REPOSITORIES[benchmark],
         "scorer_version": _revision(repo),
-        "judge": {"base_url": base_url, "model": env.get("IFEDIT_JUDGE_MODEL", "the scorer's default")},
-        "numbers": numbers,
+        "judge": {"base_url": base_url, "model": model},
+        **results,
     }
 
 
 def _launch(options: ScoreOptions, env: dict[str, str], script: Path, *arguments: str, cwd: Path, judge: bool = True):
     """Run one official script (through the judge launcher when it calls the judge), failing with one line."""
-    command = [options.scorer_python, *([str(LAUNCHER)] if judge else []), str(script), *map(str, arguments)]
+    python = os.path.expanduser(options.scorer_python)
+    command = [python, *([str(LAUNCHER)] if judge else []), str(script), *map(str, arguments)]
     logger.info("running %s", " ".join(command))
-    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    try:
+        completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    except OSError as error:
+        raise SetupError(f"--scorer-python {python} cannot run: {error.strerror or error}") from None
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise SetupError(f"official scorer {script.name} failed (exit {completed.returncode}): {last}")
@@ -218,57 +218,88 @@ def _revision(repo: Path) -> str:
     return completed.stdout.strip() or "unknown"
 
 
-def _risebench(repo, folder: RunFolder, data: Path, work: Path, cases, launch) -> dict[str, Any]:
-    """gpt_eval.py over the finished cases; its CSV has score, percentage and accuracy per task."""
+# RISEBench's rows per category, by the names of the published table.
+RISEBENCH_ROWS = {"Overall": "overall", "Temporal": "temporal_reasoning", "Causal": "causal_reasoning",
+                  "Spatial": "spatial_reasoning", "Logical": "logical_reasoning"}  # fmt: skip
+
+
+def _risebench(repo, folder: RunFolder, data: Path, work: Path, cases, judge: str, launch) -> dict[str, Any]:
+    """gpt_eval.py over the finished cases. Its answers are cached per judge model (`--prefix`), so scoring again
+    with another judge asks that judge instead of reusing the first one's answers."""
     script = _script(repo, "gpt_eval.py")
     listing = find_listing("risebench", data)
     keys = {case.key for case in cases}
-    entries = [entry for entry in json.loads(listing.read_text(encoding="utf-8")) if str(entry["index"]) in keys]
+    entries = [entry for entry in read_json(listing, "RISEBench list") if str(entry["index"]) in keys]
     subset = work / "data_total.json"
     save_json(entries, subset)
+    prefix = safe_id(judge)
     launch(script, "--data", subset.resolve(), "--output", folder.root.resolve(), "--input", listing.parent.resolve(),
-           "--model", "ifedit", cwd=repo)  # fmt: skip
-    with open(folder.root / "ifedit_judge.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return {row["-"]: {k: _number(v) for k, v in row.items() if k != "-"} for row in rows}
+           "--model", "ifedit", "--prefix", prefix, cwd=repo)  # fmt: skip
+    with open(folder.root / f"{prefix}_ifedit_judge.csv", newline="", encoding="utf-8") as handle:
+        rows = {row["-"]: row for row in csv.DictReader(handle)}
+    # Its Accuracy is a fraction (cases judged 5 on every criterion); the paper prints it as a percentage.
+    accuracy = {name: _number(rows[row]["Accuracy"]) for row, name in RISEBENCH_ROWS.items() if row in rows}
+    return {
+        "comparable": {name: 100 * value for name, value in accuracy.items() if value is not None},
+        "comparable_unit": "accuracy %: the official Accuracy (0-1) x 100, as the paper reports it",
+        "numbers": {
+            name: {
+                "score_1_to_5": _number(row["Score-Origin"]),
+                "score_percent": _number(row["Score-Percentage"]),
+                "accuracy_0_to_1": _number(row["Accuracy"]),
+            }
+            for name, row in rows.items()
+        },
+    }
 
 
-def _imgedit(repo, folder: RunFolder, data: Path, work: Path, cases, launch) -> dict[str, Any]:
+def _imgedit(repo, folder: RunFolder, data: Path, work: Path, cases, judge: str, launch) -> dict[str, Any]:
     """basic_bench.py (the judge), then the repository's own averaging steps; overall is the mean over types."""
     basic = repo / "Benchmark" / "Basic"
     listing = find_listing("imgedit", data)
+    everything = read_json(listing, "ImgEdit-Bench list (basic_edit.json)")
     keys = {case.key for case in cases}
-    entries = {key: entry for key, entry in json.loads(listing.read_text(encoding="utf-8")).items() if key in keys}
+    entries = {key: entry for key, entry in everything.items() if key in keys}
     subset = work / "basic_edit.json"
     save_json(entries, subset)
-    image_root = Path(os.path.commonpath([str(case.source) for case in cases]))
-    first = next(iter(entries.values()))["id"]
-    while not (image_root / first).is_file() and image_root != image_root.parent:
-        image_root = image_root.parent
+    image_root = imgedit_image_root(listing.parent, everything)
     images = (folder.root / "images").resolve()
     launch(_script(basic, "basic_bench.py"), "--result_img_folder", images, "--edit_json", subset.resolve(),
-           "--origin_img_root", image_root, "--num_processes", "4", "--prompts_json", basic / "prompts.json",
-           cwd=basic)  # fmt: skip
+           "--origin_img_root", image_root.resolve(), "--num_processes", "4", "--prompts_json",
+           basic / "prompts.json", cwd=basic)  # fmt: skip
     average, types = work / "average_score.json", work / "typescore.json"
     launch(_script(basic, "step1_get_avgscore.py"), "--result_json", images / "result.json", "--average_score_json",
            average.resolve(), cwd=basic, judge=False)  # fmt: skip
     launch(_script(basic, "step2_typescore.py"), "--average_score_json", average.resolve(), "--typescore_json",
            types.resolve(), "--basic_edit", subset.resolve(), cwd=basic, judge=False)  # fmt: skip
     per_type = json.loads(types.read_text(encoding="utf-8"))
-    return {"types": per_type, "overall": sum(per_type.values()) / len(per_type) if per_type else None}
+    overall = sum(per_type.values()) / len(per_type) if per_type else None
+    return {
+        "comparable": {"overall": overall} if overall is not None else {},
+        "comparable_unit": "mean judge score, 1-5",
+        "numbers": {"types": per_type, "overall": overall},
+    }
 
 
-def _bytemorph(repo, folder: RunFolder, data: Path, work: Path, cases, launch) -> dict[str, Any]:
+def _bytemorph(repo, folder: RunFolder, data: Path, work: Path, cases, judge: str, launch) -> dict[str, Any]:
     """The GPT judge of ByteMorph-Eval (0-100 per edit type), after copying each case's JSON beside its output."""
     evaluation = next((repo / name for name in ("ByteMorph-Eval", "SeedMorph-Eval") if (repo / name).is_dir()), repo)
     images = (folder.root / "images").resolve()
+    # The script averages every score file it finds and appends to its error log: start both afresh.
+    error_log = work / "error_log.txt"
+    for stale in [*work.glob("*/*.score.json"), *work.glob("*_avg_score.json"), error_log]:
+        stale.unlink(missing_ok=True)
     launch(_script(evaluation, "utils/copy_json.py"), "--src_json_root", data.resolve(), "--tgt_json_root", images,
            cwd=evaluation, judge=False)  # fmt: skip
     launch(_script(evaluation, "gpt_eval.py"), "--src_root", images, "--output_root", work.resolve(), cwd=evaluation)
-    return {
+    averages = {
         path.name.removesuffix("_avg_score.json"): json.loads(path.read_text(encoding="utf-8"))
         for path in sorted(work.glob("*_avg_score.json"))
     }
+    if not averages:
+        reason = f"its errors are in {error_log}" if error_log.is_file() else "it logged no error"
+        raise SetupError(f"ByteMorph's gpt_eval.py scored no case ({reason})")
+    return {"numbers": averages}
 
 
 def _number(text: str) -> float | None:
