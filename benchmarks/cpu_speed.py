@@ -122,7 +122,7 @@ def main() -> None:
     speedup("IF-Edit K=3", "IF-Edit K=3, no refine")
     speedup("IF-Edit K=3", "IF-Edit K=3, fast")
     ratio = median["IF-Edit K=1, no refine"] / median["diffusers WanImageToVideoPipeline"]
-    print(f"IF-Edit with dropout and refinement off / diffusers: {ratio:.3f} (target <= 1.02)")
+    print(f"IF-Edit with dropout and refinement off / diffusers: {ratio:.3f} (goal: <= 1.02)")
 
 
 if __name__ == "__main__":

@@ -283,7 +283,7 @@ def main() -> None:
         print(f"| {model} | {peak / 2**30:.2f} |")
     print(f"\nIF-Edit / K = 1: {paper / no_dropout:.2f}  (dropout saves {1 - paper / no_dropout:.0%})")
     print(f"IF-Edit / plain Wan2.2 I2V: {paper / plain:.3f}")
-    print(f"--fast / IF-Edit as asked: {fast / paper:.2f} (target <= 0.5)")
+    print(f"--fast / IF-Edit as asked: {fast / paper:.2f} (goal: <= 0.5)")
     tokens = (settings.height // 16) * (settings.width // 16) * ((settings.frames - 1) // 4 + 1)
     print(f"tokens per step before dropout: {tokens:,}")
 
