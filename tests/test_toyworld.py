@@ -12,9 +12,9 @@ from ifedit.cli import main
 from ifedit.presets import TOYWORLD_WEIGHTS, get_preset
 from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, score_edit
-from ifedit.toyworld.model import build_tokenizer, vocabulary
+from ifedit.toyworld.model import build_tokenizer, build_vae, vocabulary
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, SIZE, render_clip, sample_case
-from ifedit.toyworld.train import DIT_SEED_START, TEXT_SEQUENCE, encode_text, i2v_condition, train
+from ifedit.toyworld.train import DIT_SEED_START, TEXT_SEQUENCE, encode_text, i2v_condition, train, train_decoder
 
 
 def test_cases_are_pure_functions_of_their_seed():
@@ -82,8 +82,8 @@ def test_tokenizer_knows_every_training_word():
 def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
-    config = TrainConfig(vae_steps=2, vae_batch=2, stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1,
-                         snapshot_every=2)  # fmt: skip
+    config = TrainConfig(vae_steps=2, decoder_steps=2, vae_batch=2, stats_clips=16, clips=16, dit_steps=3,
+                         dit_batch=4, log_every=1, snapshot_every=2)  # fmt: skip
     messages = []
     train(out, config, log=messages.append)
     return out, messages
@@ -96,7 +96,8 @@ def test_training_saves_a_pipeline_that_edits(trained):
     assert any(message.startswith("saved the averaged weights of step 2") for message in messages)
     assert not (out / "snapshot").exists(), "the snapshot is removed once the final weights are saved"
     record = json.loads((out / "training.json").read_text())
-    assert len(record["vae_losses"]) == 2 and len(record["expert_losses"]) == 3 and record["config"]["clips"] == 16
+    assert len(record["vae_losses"]) == 2 and len(record["decoder_losses"]) == 2
+    assert len(record["expert_losses"]) == 3 and record["config"]["clips"] == 16
     pipe = IFEditPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.transformer_2 is not None and pipe.config.boundary_ratio == 0.9
@@ -132,3 +133,16 @@ def test_demo_without_weights_says_how_to_get_them(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ifedit toyworld train --out DIR" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "demo.png").exists()
+
+
+DECODER_PARTS = ("decoder.", "post_quant_conv.")
+
+
+def test_the_decoder_stage_leaves_the_encoder_and_so_the_latents_alone():
+    vae = build_vae(0)
+    encoder = {name: value.clone() for name, value in vae.state_dict().items() if not name.startswith(DECODER_PARTS)}
+    decoder = {name: value.clone() for name, value in vae.state_dict().items() if name.startswith(DECODER_PARTS)}
+    train_decoder(vae, TrainConfig(decoder_steps=1, vae_batch=1, log_every=1), log=lambda message: None)
+    after = vae.state_dict()
+    assert all(torch.equal(after[name], value) for name, value in encoder.items())
+    assert any(not torch.equal(after[name], value) for name, value in decoder.items())

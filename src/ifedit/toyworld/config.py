@@ -13,6 +13,8 @@ class TrainConfig:
     vae_steps: int = 2500
     vae_batch: int = 4
     vae_lr: float = 3e-4
+    decoder_steps: int = 1500  # then the decoder alone, on the frozen encoder's latents
+    decoder_lr: float = 2e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
     clips: int = 4000
     dit_steps: int = 4000
