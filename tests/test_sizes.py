@@ -26,6 +26,13 @@ def test_default_size_keeps_aspect_at_the_area(image_size, expected, caplog):
     assert not caplog.records
 
 
+def test_the_default_area_shrinks_to_a_small_models_longest_side_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="ifedit"):
+        assert fit_size((96, 64), None, None, 480 * 832, 16, largest_side=512) == (336, 512)
+    assert "768x512 px (the default area) is more than this model's 512 px a side: using 512x336" in caplog.text
+    assert fit_size((1664, 960), None, None, 480 * 832, 16, largest_side=16384) == (480, 832)  # Wan: untouched
+
+
 def test_one_given_side_sets_the_other_by_aspect():
     assert fit_size((1600, 800), 320, None, 480 * 832, 16) == (320, 640)
     assert fit_size((1600, 800), None, 640, 480 * 832, 16) == (320, 640)

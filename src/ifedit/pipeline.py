@@ -222,7 +222,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         frames_per_latent = self.vae_scale_factor_temporal
         num_frames = round_frames(num_frames, frames_per_latent)
         refine_frames = num_frames if refine_frames is None else round_frames(refine_frames, frames_per_latent)
-        height, width = fit_size(image.size, height, width, max_area, self.size_multiple)
+        height, width = fit_size(image.size, height, width, max_area, self.size_multiple, self.largest_side)
         self._check_positions(height, width, max(num_frames, refine_frames))
         guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
         tld_threshold = tld_threshold or self.config.boundary_ratio or DEFAULT_TLD_THRESHOLD

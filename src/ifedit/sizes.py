@@ -12,12 +12,19 @@ logger = logging.getLogger("ifedit")
 
 
 def fit_size(
-    image_size: tuple[int, int], height: int | None, width: int | None, max_area: int, multiple: int
+    image_size: tuple[int, int],
+    height: int | None,
+    width: int | None,
+    max_area: int,
+    multiple: int,
+    largest_side: int | None = None,
 ) -> tuple[int, int]:
     """(height, width) for the model: the image's aspect ratio at `max_area` pixels, sides multiples of `multiple`.
 
     A side the caller gives is kept (rounded to the multiple with a warning); a missing side follows the aspect
-    ratio of the image, whose size is given as (width, height) like PIL's.
+    ratio of the image, whose size is given as (width, height) like PIL's. When neither is given and the area
+    would need a side longer than `largest_side` (a small model's rotary positions), the area shrinks to fit, with a
+    warning.
     """
     image_width, image_height = image_size
     aspect = image_height / image_width
@@ -27,6 +34,18 @@ def fit_size(
     if height is None and width is None:
         height = math.sqrt(max_area * aspect)
         width = math.sqrt(max_area / aspect)
+        if largest_side is not None and max(height, width) > largest_side:
+            scale = largest_side / max(height, width)
+            fitted = _floor_to(height * scale, multiple), _floor_to(width * scale, multiple)
+            logger.warning(
+                "%dx%d px (the default area) is more than this model's %d px a side: using %dx%d",
+                _round_to(width, multiple),
+                _round_to(height, multiple),
+                largest_side,
+                fitted[1],
+                fitted[0],
+            )
+            return fitted
         return _round_to(height, multiple), _round_to(width, multiple)
     if height is None:
         height = _round_to(width * aspect, multiple)
@@ -59,3 +78,7 @@ def round_frames(num_frames: int, temporal_scale: int = 4) -> int:
 
 def _round_to(value: float, multiple: int) -> int:
     return max(multiple, math.floor(value / multiple + 0.5) * multiple)
+
+
+def _floor_to(value: float, multiple: int) -> int:
+    return max(multiple, math.floor(value / multiple) * multiple)
