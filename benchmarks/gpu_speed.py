@@ -3,10 +3,12 @@
     python benchmarks/gpu_speed.py                      # random bf16 weights at Wan2.2-I2V-A14B's real sizes
     python benchmarks/gpu_speed.py --weights DIR        # a downloaded Wan2.2-I2V-A14B-Diffusers folder instead
     python benchmarks/gpu_speed.py --tiny               # the same code on tiny models, on any machine, in seconds
+    python benchmarks/gpu_speed.py --attention-backend _flash_3 --compile --storage-dtype float8_e4m3fn
 
 Random weights make the video meaningless but cost exactly what real ones do, so speed and memory are honest.
-Runs the paper's recipe (480 x 832, 33 frames, 8 steps, guidance 1, refinement on) with K = 3 and K = 1 after a
-warm-up edit, and fits in about 8 minutes on an H100 (two 14B experts and UMT5-XXL need about 70 GB).
+Runs the paper's recipe (480 x 832, 33 frames, 8 steps, guidance 1, refinement on) with K = 3, K = 1 and K = 3
+with `--fast` after a warm-up edit, and fits in about 8 minutes on an H100 (two 14B experts and UMT5-XXL need
+about 70 GB). The speed options of `ifedit edit` apply to the experts when given.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from architectures import A14B_EXPERT, UMT5_XXL
 from ifedit import IFEditPipeline
+from ifedit.loading import STORAGE_DTYPES, LoadOptions, speed_up_expert
+from ifedit.options import FAST_SETTINGS
 from ifedit.tiny import tiny_components
 
 
@@ -64,7 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", help="a Wan2.2-I2V-A14B diffusers folder (default: random weights)")
     parser.add_argument("--tiny", action="store_true", help="tiny random models: check the script anywhere")
+    parser.add_argument("--attention-backend", help="diffusers attention backend for the experts")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the experts' blocks")
+    parser.add_argument("--first-block-cache", type=float, metavar="THRESHOLD", help="first-block cache threshold")
+    parser.add_argument("--storage-dtype", choices=list(STORAGE_DTYPES), help="8-bit storage of the experts")
     args = parser.parse_args()
+    options = LoadOptions(attention_backend=args.attention_backend, compile=args.compile,
+                          first_block_cache=args.first_block_cache, storage_dtype=args.storage_dtype)  # fmt: skip
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if args.tiny:
@@ -79,28 +89,35 @@ def main() -> None:
     else:
         pipe = real_size_pipeline(device)
         size = {"height": 480, "width": 832}
+    for expert in (pipe.transformer, pipe.transformer_2):
+        if options.storage_dtype:
+            expert.enable_layerwise_casting(storage_dtype=STORAGE_DTYPES[options.storage_dtype],
+                                            compute_dtype=expert.dtype)  # fmt: skip
+        speed_up_expert(expert, options)
     pipe.set_progress_bar_config(disable=True)
     image = PIL.Image.new("RGB", (size["width"], size["height"]), (120, 140, 160))
     recipe = dict(num_frames=33, num_inference_steps=8, guidance_scale=1.0, sigma_schedule="uniform", **size)
 
-    def edit(stride: int) -> dict:
+    def edit(stride: int, **extra) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         result = pipe(image, "a cat stands up", tld_stride=stride, generator=torch.Generator().manual_seed(0),
-                      **recipe)  # fmt: skip
+                      **{**recipe, **extra})  # fmt: skip
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         return {"seconds": seconds, "peak_gib": peak, "stages": result.timings, "kept": result.kept_latent_frames}
 
     edit(3)  # warm-up: kernels, allocator, caches
-    runs = {"K=3": edit(3), "K=1": edit(1)}
+    runs = {"K=3": edit(3), "K=1": edit(1), "K=3 --fast": edit(3, **FAST_SETTINGS)}
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "weights": args.weights or ("tiny random" if args.tiny else "random bf16 at real size"),
         "recipe": recipe,
+        "speed_options": {key: value for key, value in vars(args).items() if key not in ("weights", "tiny")},
         "runs": runs,
         "speedup_K3_over_K1": runs["K=1"]["seconds"] / runs["K=3"]["seconds"],
+        "speedup_fast_over_K3": runs["K=3"]["seconds"] / runs["K=3 --fast"]["seconds"],
     }
     print(json.dumps(report, indent=2))
 

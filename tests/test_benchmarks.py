@@ -11,14 +11,16 @@ import torch
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
-def test_gpu_speed_script_runs_on_tiny_models():
-    completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu_speed.py"), "--tiny"], capture_output=True, text=True, timeout=300
-    )
+@pytest.mark.parametrize("options", [[], ["--storage-dtype", "float8_e4m3fn", "--first-block-cache", "0.05"]])
+def test_gpu_speed_script_runs_on_tiny_models(options):
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_speed.py"), "--tiny", *options],
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
     assert report["runs"]["K=3"]["kept"] == [0, 3, 6, 8] and report["runs"]["K=1"]["kept"] is None
     assert report["runs"]["K=3"]["stages"]["total"] > 0 and report["speedup_K3_over_K1"] > 0
+    assert "refine_decode" in report["runs"]["K=3 --fast"]["stages"] and report["speedup_fast_over_K3"] > 0
+    assert report["speed_options"]["storage_dtype"] == (options[1] if options else None)
 
 
 def test_flop_count_of_an_a14b_step_matches_a_hand_calculation(monkeypatch):

@@ -129,11 +129,11 @@ def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditP
             expert.enable_layerwise_casting(storage_dtype=STORAGE_DTYPES[options.storage_dtype], compute_dtype=dtype)
     _place(pipe, device, options.offload)
     for expert in experts:
-        _speed_up(expert, options)
+        speed_up_expert(expert, options)
     return pipe
 
 
-def _speed_up(expert, options: LoadOptions) -> None:
+def speed_up_expert(expert, options: LoadOptions) -> None:
     """Attention backend, first-block cache and compilation of one expert, as `options` ask."""
     if options.attention_backend:
         try:
