@@ -232,8 +232,9 @@ def _add_toyworld_parsers(commands) -> None:
     train = actions.add_parser(
         "train",
         help="train the toy world's model from scratch (an hour or more on 2 CPU cores)",
-        description="Train the VAE, then both experts and the text encoder, with fixed seeds, and save a "
-        "pipeline folder that --model accepts. A VAE already in OUT/vae is reused.",
+        description="Train the VAE, then its decoder alone, then both experts and the text encoder, with fixed "
+        "seeds, and save a pipeline folder that --model accepts. A VAE already in OUT/vae is reused; averaged "
+        "expert weights are saved to OUT/snapshot every 1000 steps while training.",
     )
     train.add_argument("--out", required=True, help="folder for the trained pipeline")
     train.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps, help="VAE steps (default: %(default)s)")

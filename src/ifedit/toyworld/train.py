@@ -86,10 +86,7 @@ def train_vae(config: TrainConfig, log: Callable[[str], None]) -> tuple[Autoenco
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        if (step + 1) % config.log_every == 0 or step + 1 == config.vae_steps:
-            seconds = (time.perf_counter() - start) / (step + 1)
-            log(f"vae step {step + 1}/{config.vae_steps} loss {np.mean(losses[-config.log_every :]):.4f} "
-                f"({seconds:.2f} s/step)")  # fmt: skip
+        _log_progress(log, "vae", step, config.vae_steps, losses, start, config.log_every)
     return vae.eval(), losses
 
 
@@ -122,11 +119,15 @@ def train_decoder(vae: AutoencoderKLWan, config: TrainConfig, log: Callable[[str
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        if (step + 1) % config.log_every == 0 or step + 1 == config.decoder_steps:
-            seconds = (time.perf_counter() - start) / (step + 1)
-            log(f"decoder step {step + 1}/{config.decoder_steps} loss {np.mean(losses[-config.log_every :]):.4f} "
-                f"({seconds:.2f} s/step)")  # fmt: skip
+        _log_progress(log, "decoder", step, config.decoder_steps, losses, start, config.log_every)
     return losses
+
+
+def _log_progress(log, stage: str, step: int, total: int, losses: list[float], start: float, every: int) -> None:
+    """Every `every` steps and at the last: the stage's mean loss over those steps and its seconds per step."""
+    if (step + 1) % every == 0 or step + 1 == total:
+        seconds = (time.perf_counter() - start) / (step + 1)
+        log(f"{stage} step {step + 1}/{total} loss {np.mean(losses[-every:]):.4f} ({seconds:.2f} s/step)")
 
 
 def object_weight(clips: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
@@ -260,10 +261,7 @@ def train_experts(
         schedule.step()
         _update_average(averages, {**experts, "text_encoder": pipe.text_encoder}, config.ema_decay)
         losses.append(loss.item() / 2)
-        if (step + 1) % config.log_every == 0 or step + 1 == config.dit_steps:
-            seconds = (time.perf_counter() - start) / (step + 1)
-            log(f"experts step {step + 1}/{config.dit_steps} loss {np.mean(losses[-config.log_every :]):.4f} "
-                f"({seconds:.2f} s/step)")  # fmt: skip
+        _log_progress(log, "experts", step, config.dit_steps, losses, start, config.log_every)
         if snapshot and config.snapshot_every and (step + 1) % config.snapshot_every == 0:
             _save_averaged(pipe, averages, snapshot)
             log(f"saved the averaged weights of step {step + 1} to {snapshot}")
