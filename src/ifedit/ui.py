@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import shutil
 import tempfile
 import weakref
@@ -86,11 +85,8 @@ class EditorApp:
         """The preset's area at the photo's aspect, but never more pixels than the photo has (that costs time and
         adds no detail) nor more than the transformer has positions for (a small model cannot place them)."""
         pipe = self.editor.pipe
-        width, height = image_size
-        longest = pipe.largest_side
-        area = min(self.editor.preset.max_area, width * height, longest**2 * min(width, height) / max(width, height))
-        height, width = fit_size(image_size, None, None, math.floor(area), pipe.size_multiple)
-        return min(height, longest), min(width, longest)
+        area = min(self.editor.preset.max_area, image_size[0] * image_size[1])
+        return fit_size(image_size, None, None, area, pipe.size_multiple, pipe.largest_side)
 
     def write_prompt(self, upload: dict[str, Any] | str | None, instruction: str) -> tuple[str, dict[str, Any]]:
         """The video prompt for this photo and instruction, with its provenance, for the user to read and edit."""

@@ -7,6 +7,7 @@ run's seed and the case id, so where a case runs does not change its output.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -169,8 +170,6 @@ def start(plan: RunPlan, folder: RunFolder, cases: Sequence[EditCase]) -> dict[s
 
 def _plain(value: Any) -> Any:
     """JSON's view of a value (tuples become lists), so a manifest read back compares equal to a fresh one."""
-    import json
-
     return json.loads(json.dumps(value, default=str))
 
 
