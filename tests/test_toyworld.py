@@ -13,8 +13,18 @@ from ifedit.presets import TOYWORLD_WEIGHTS, get_preset
 from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, score_edit
 from ifedit.toyworld.model import build_tokenizer, build_vae, vocabulary
-from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, SIZE, render_clip, sample_case
-from ifedit.toyworld.train import DIT_SEED_START, TEXT_SEQUENCE, encode_text, i2v_condition, train, train_decoder
+from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, HELD_FRAMES, SIZE, render_clip, sample_case
+from ifedit.toyworld.train import (
+    DIT_SEED_START,
+    TEXT_SEQUENCE,
+    decoder_view,
+    encode_dataset,
+    encode_text,
+    i2v_condition,
+    train,
+    train_decoder,
+    train_experts,
+)
 
 
 def test_cases_are_pure_functions_of_their_seed():
@@ -31,6 +41,9 @@ def test_every_event_changes_what_it_says_and_the_detector_sees_it(event):
         case = sample_case(EVAL_SEED_START + 100 * offset, event)
         clip = render_clip(case)
         assert clip.shape == (17, SIZE, SIZE, 3) and clip.dtype == np.uint8
+        assert all(np.array_equal(frame, clip[-1]) for frame in clip[-HELD_FRAMES:]), (
+            "the clip ends holding the result"
+        )
         perfect, copy = score_edit(case, clip[-1], clip[-1]), score_edit(case, clip[0], clip[-1])
         assert perfect.success and perfect.background_error == 0
         assert copy.success == (event == "still")
@@ -146,3 +159,39 @@ def test_the_decoder_stage_leaves_the_encoder_and_so_the_latents_alone():
     after = vae.state_dict()
     assert all(torch.equal(after[name], value) for name, value in encoder.items())
     assert any(not torch.equal(after[name], value) for name, value in decoder.items())
+
+
+def test_thinned_latents_are_paired_with_the_frames_they_stand_for():
+    latents = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 16, 5, 4, 4)
+    clips = torch.arange(17.0).view(1, 1, 17, 1, 1).expand(2, 3, 17, 16, 16)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        thinned, frames = decoder_view(latents, clips, rng)
+        kept = tuple(int(value) for value in thinned[0, 0, :, 0, 0])
+        seen.add(kept)
+        expected = [0] + [frame for j in kept[1:] for frame in range(4 * j - 3, 4 * j + 1)]
+        assert frames[0, 0, :, 0, 0].tolist() == expected
+    assert seen == {(0, 1, 2, 3, 4), (0, 2, 4), (0, 3, 4), (0, 4)}, "whole clips and the strides 2, 3 and 4"
+    vae = build_vae(0).eval()
+    with torch.no_grad():
+        decoded = vae.decode(torch.zeros(1, 16, 3, 4, 4)).sample
+    assert decoded.shape[2] == 9, "the decoder turns latent frames [0, j, k] into the 1 + 4 + 4 frames paired here"
+
+
+def test_the_low_noise_expert_also_learns_thinned_clips(trained):
+    out, _ = trained
+    pipe = IFEditPipeline.from_pretrained(out)
+    seen = {"transformer": [], "transformer_2": []}
+    for name in seen:
+        getattr(pipe, name).register_forward_pre_hook(
+            lambda module, args, kwargs, name=name: seen[name].append(kwargs["hidden_states"].shape[2]),
+            with_kwargs=True,
+        )
+    seeds = list(range(DIT_SEED_START, DIT_SEED_START + 8))
+    data = encode_dataset(pipe, seeds, log=lambda message: None)
+    config = TrainConfig(dit_steps=6, dit_batch=4, log_every=6, snapshot_every=0)
+    train_experts(pipe, data, [sample_case(seed) for seed in seeds], config, log=lambda message: None)
+    assert set(seen["transformer"]) == {5}, "the high-noise expert works before the dropout cut: whole clips"
+    assert 5 in seen["transformer_2"] and set(seen["transformer_2"]) - {5} <= {2, 3}
+    assert len(set(seen["transformer_2"]) - {5}) >= 1

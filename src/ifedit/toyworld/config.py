@@ -10,10 +10,10 @@ class TrainConfig:
     """Every number that decides the trained model; saved beside it."""
 
     seed: int = 0
-    vae_steps: int = 2500
+    vae_steps: int = 1600
     vae_batch: int = 4
     vae_lr: float = 3e-4
-    decoder_steps: int = 1500  # then the decoder alone, on the frozen encoder's latents
+    decoder_steps: int = 600  # then the decoder alone, on the frozen encoder's latents
     decoder_lr: float = 2e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
     clips: int = 4000

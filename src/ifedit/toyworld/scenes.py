@@ -13,6 +13,7 @@ import numpy as np
 
 SIZE = 64
 NUM_FRAMES = 17
+HELD_FRAMES = 4  # frames 13-16, the last latent frame, show the event's result
 EVAL_SEED_START = 1_000_000
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -203,8 +204,14 @@ def render_frame(case: Case, progress: float) -> np.ndarray:
 
 
 def render_clip(case: Case, num_frames: int = NUM_FRAMES) -> np.ndarray:
-    """The whole event as (num_frames, SIZE, SIZE, 3) uint8: frame 0 is the source, the last the target."""
-    return np.stack([render_frame(case, index / (num_frames - 1)) for index in range(num_frames)])
+    """The whole event as (num_frames, SIZE, SIZE, 3) uint8: frame 0 is the source, the last the target.
+
+    The event plays over all but the last HELD_FRAMES frames, which hold its result, as a clip of an edit ends in
+    the edited state. With the event running to the last frame, the causal VAE's last latent frame (the last four
+    frames) held motion, and the trained toy VAE decoded it as ghosts: a moved shape smeared over its last
+    positions, a faded one still there."""
+    event_frames = num_frames - HELD_FRAMES
+    return np.stack([render_frame(case, min(1.0, index / event_frames)) for index in range(num_frames)])
 
 
 def _background(case: Case, x: np.ndarray, y: np.ndarray) -> np.ndarray:
