@@ -26,7 +26,7 @@ from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from architectures import A14B_EXPERT, UMT5_XXL
 from ifedit import IFEditPipeline
-from ifedit.loading import STORAGE_DTYPES, LoadOptions, speed_up_expert
+from ifedit.loading import STORAGE_DTYPES, LoadOptions, speed_up_expert, store_expert
 from ifedit.options import FAST_SETTINGS
 from ifedit.tiny import tiny_components
 
@@ -90,9 +90,7 @@ def main() -> None:
         pipe = real_size_pipeline(device)
         size = {"height": 480, "width": 832}
     for expert in (pipe.transformer, pipe.transformer_2):
-        if options.storage_dtype:
-            expert.enable_layerwise_casting(storage_dtype=STORAGE_DTYPES[options.storage_dtype],
-                                            compute_dtype=expert.dtype)  # fmt: skip
+        store_expert(expert, options, expert.dtype)
         speed_up_expert(expert, options)
     pipe.set_progress_bar_config(disable=True)
     image = PIL.Image.new("RGB", (size["width"], size["height"]), (120, 140, 160))

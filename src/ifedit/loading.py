@@ -124,13 +124,20 @@ def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditP
     if options.vae_tiling:
         pipe.vae.enable_tiling()
     experts = [getattr(pipe, name) for name in EXPERTS if getattr(pipe, name) is not None]
-    if options.storage_dtype:  # before placement: group offloading moves the 8-bit weights, not the full ones
-        for expert in experts:
-            expert.enable_layerwise_casting(storage_dtype=STORAGE_DTYPES[options.storage_dtype], compute_dtype=dtype)
+    for expert in experts:  # before placement: group offloading moves the 8-bit weights, not the full ones
+        store_expert(expert, options, dtype)
     _place(pipe, device, options.offload)
     for expert in experts:
         speed_up_expert(expert, options)
     return pipe
+
+
+def store_expert(expert, options: LoadOptions, compute_dtype: torch.dtype) -> None:
+    """Keep one expert's weights in `options.storage_dtype`, cast to `compute_dtype` layer by layer, if asked."""
+    if options.storage_dtype:
+        expert.enable_layerwise_casting(
+            storage_dtype=STORAGE_DTYPES[options.storage_dtype], compute_dtype=compute_dtype
+        )
 
 
 def speed_up_expert(expert, options: LoadOptions) -> None:

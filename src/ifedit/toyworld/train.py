@@ -80,10 +80,8 @@ def train_vae(config: TrainConfig, log: Callable[[str], None]) -> tuple[Autoenco
         posterior = vae.encode(clips).latent_dist
         # Decode the posterior mean: the pipeline only ever uses it, and sampling from a fresh encoder's wide
         # posterior teaches the decoder to ignore its input and paint the average background.
-        latents, clips = decoder_view(posterior.mode(), clips, rng)
-        reconstruction = vae.decode(latents).sample
-        error = (reconstruction - clips).abs() + (reconstruction - clips) ** 2
-        loss = (error * object_weight(clips) * frame_weight(clips)).mean() + 1e-6 * posterior.kl().mean()
+        latents, clips = decoder_view(posterior.mode(), clips, rng, vae.config.scale_factor_temporal)
+        loss = reconstruction_loss(vae.decode(latents).sample, clips) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -114,10 +112,8 @@ def train_decoder(vae: AutoencoderKLWan, config: TrainConfig, log: Callable[[str
         clips = clips_tensor(seeds, VAE_CLIP_FRAMES)
         with torch.no_grad():
             latents = vae.encode(clips).latent_dist.mode()
-        latents, clips = decoder_view(latents, clips, rng)
-        reconstruction = vae.decode(latents).sample
-        error = (reconstruction - clips).abs() + (reconstruction - clips) ** 2
-        loss = (error * object_weight(clips) * frame_weight(clips)).mean()
+        latents, clips = decoder_view(latents, clips, rng, vae.config.scale_factor_temporal)
+        loss = reconstruction_loss(vae.decode(latents).sample, clips)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -150,6 +146,12 @@ def _log_progress(log, stage: str, step: int, total: int, losses: list[float], s
     if (step + 1) % every == 0 or step + 1 == total:
         seconds = (time.perf_counter() - start) / (step + 1)
         log(f"{stage} step {step + 1}/{total} loss {np.mean(losses[-every:]):.4f} ({seconds:.2f} s/step)")
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE, weighted towards shapes and the first frame."""
+    error = (reconstruction - clips).abs() + (reconstruction - clips) ** 2
+    return (error * object_weight(clips) * frame_weight(clips)).mean()
 
 
 def object_weight(clips: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
