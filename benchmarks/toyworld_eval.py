@@ -6,7 +6,9 @@
 Scenes use seeds from 1,000,000 up, which training never sees. For each setting the table gives the share of
 edits that met their target (by the toy world's own detectors), the mean distance of the changed shape from where
 it should be (moves and falls), the mean 0-255 error on the rest of the picture, the Laplacian sharpness of the
-output, and seconds per edit on this machine. "copy" returns the source unchanged: the baseline to beat.
+output, and seconds per edit on this machine. "copy" returns the source unchanged: the baseline to beat. "VAE round
+trip" encodes the whole ground-truth clip and decodes its last frame: the best any experts could do through this
+VAE, a ceiling.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_
 
 # A cheaper refinement: a 5-frame still video (two latent frames) from the chosen frame re-noised halfway.
 SHORT_REFINE = {"refine_frames": 5, "refine_strength": 0.5}
-# name -> (edit-setting overrides, prompt wording); None overrides = copy the source. "default" is what
+# name -> (edit-setting overrides, prompt wording); None overrides = copy the source, ROUND_TRIP = the VAE's
+# reconstruction of the target. "default" is what
 # `ifedit edit --model toyworld` does with no VLM configured: the offline template, K = 3, refinement on.
+ROUND_TRIP = {"round trip": True}
 SETTINGS: dict[str, tuple[dict | None, str]] = {
     "copy": (None, "raw"),
+    "VAE round trip": (ROUND_TRIP, "raw"),
     "default": ({}, "template"),
     "raw prompt": ({}, "raw"),
     "K=1": ({"tld_stride": 1}, "template"),
@@ -52,6 +57,15 @@ def sharpness(image: np.ndarray) -> float:
     return laplacian_variance(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0].item()
 
 
+@torch.no_grad()
+def round_trip(editor: Editor, clip: np.ndarray) -> np.ndarray:
+    """The last frame of `clip` encoded and decoded with the rest of the clip by the model's VAE, as uint8."""
+    video = (torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1).contiguous()
+    vae = editor.pipe.vae
+    decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0, :, -1]
+    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
 def evaluate(editor: Editor | None, cases: list, overrides: dict | None, wording: str) -> dict[str, list]:
     rows: dict[str, list] = defaultdict(list)
     for index, case in enumerate(cases):
@@ -59,6 +73,8 @@ def evaluate(editor: Editor | None, cases: list, overrides: dict | None, wording
         start = time.perf_counter()
         if overrides is None:
             output = clip[0]
+        elif overrides is ROUND_TRIP:
+            output = round_trip(editor, clip)
         else:
             settings = edit_settings(editor.preset, **overrides)
             prompt = case.instruction if wording == "raw" else template_prompt(case.instruction, "instruction")

@@ -1,5 +1,6 @@
 """The toy world without its trained weights: scenes, detectors, sample files, and a short training run."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,11 +10,22 @@ import torch
 
 from ifedit import IFEditPipeline
 from ifedit.cli import main
-from ifedit.presets import TOYWORLD_WEIGHTS, get_preset
+from ifedit.presets import TOYWORLD_WEIGHTS, get_preset, resolve_model
 from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, score_edit
 from ifedit.toyworld.model import build_tokenizer, build_vae, vocabulary
-from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, HELD_FRAMES, SIZE, render_clip, sample_case
+from ifedit.toyworld.scenes import (
+    EVAL_SEED_START,
+    EVENTS,
+    GROW,
+    HELD_FRAMES,
+    MOVE_PIXELS,
+    PLACES,
+    SHRINK,
+    SIZE,
+    render_clip,
+    sample_case,
+)
 from ifedit.toyworld.train import (
     DIT_SEED_START,
     TEXT_SEQUENCE,
@@ -54,6 +66,22 @@ def test_every_event_changes_what_it_says_and_the_detector_sees_it(event):
             or event in ("still", "fade", "appear")
             or case.moved.name in (case.instruction)
         )
+
+
+def test_an_instruction_says_exactly_what_the_result_is():
+    """Every change has one size and an appearing shape goes where its instruction says, so a target is a function
+    of the source and the instruction alone."""
+    for offset in range(20):
+        seed = EVAL_SEED_START + 37 * offset
+        left, grow, shrink = (sample_case(seed, event) for event in ("left", "grow", "shrink"))
+        assert left.moved.x - left.end.x == MOVE_PIXELS and left.moved.y == left.end.y
+        assert grow.end.radius == pytest.approx(grow.moved.radius * GROW)
+        assert shrink.end.radius == pytest.approx(shrink.moved.radius * SHRINK)
+        appear = sample_case(seed, "appear")
+        vertical, horizontal = appear.instruction.rsplit(" at the ", 1)[1].split()
+        assert (appear.end.x, appear.end.y) == (PLACES[horizontal], PLACES[vertical])
+        found = detect(render_clip(appear)[-1], appear.end.colour)
+        assert abs(found.x - PLACES[horizontal]) < 1.5 and abs(found.y - PLACES[vertical]) < 1.5
 
 
 def test_detector_finds_position_area_and_absence():
@@ -119,6 +147,14 @@ def test_training_saves_a_pipeline_that_edits(trained):
     result = pipe(PIL.Image.fromarray(render_clip(case)[0]), case.instruction, num_frames=17, num_inference_steps=2,
                   max_area=SIZE * SIZE)  # fmt: skip
     assert result.image.size == (SIZE, SIZE) and result.kept_latent_frames == [0, 3, 4]
+
+
+def test_a_trained_folder_runs_with_the_toy_worlds_recipe(trained):
+    """`--model FOLDER` on a training run's output edits at 64 px and 17 frames as trained, not at a default size."""
+    out, _ = trained
+    preset = resolve_model(str(out))
+    assert preset.model_id == str(out)
+    assert dataclasses.replace(preset, model_id=None) == dataclasses.replace(get_preset("toyworld"), model_id=None)
 
 
 def test_training_inputs_match_what_the_pipeline_builds(trained):

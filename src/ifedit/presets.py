@@ -65,6 +65,7 @@ class Preset:
 
 
 TOYWORLD_WEIGHTS = Path(__file__).parent / "toyworld" / "weights"
+TOYWORLD_TRAINING_RECORD = "training.json"  # beside a trained toy world's model_index.json
 LIGHTNING_SOURCE = "lightx2v/Wan2.2-Lightning"
 LIGHTNING_FOLDER = "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1"
 AREA_480P = 480 * 832
@@ -207,6 +208,8 @@ def resolve_model(model: str) -> Preset:
         path = Path(model).expanduser()
         if not (path / "model_index.json").is_file():
             raise InvalidInputError(f"model directory {path} has no model_index.json (not a diffusers pipeline)")
+        if (path / TOYWORLD_TRAINING_RECORD).is_file():  # written by `ifedit toyworld train`: run it as trained
+            return dataclasses.replace(get_preset("toyworld"), model_id=str(path))
         return custom_preset(str(path))
     if model.count("/") == 1 and not model.startswith((".", "/")):
         return preset_for_model_id(model) or custom_preset(model)

@@ -17,7 +17,7 @@ class TrainConfig:
     decoder_lr: float = 2e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
     clips: int = 4000
-    dit_steps: int = 4000
+    dit_steps: int = 4500
     dit_batch: int = 16
     dit_lr: float = 5e-4
     text_dropout: float = 0.1

@@ -72,7 +72,7 @@ def build_vae(seed: int) -> AutoencoderKLWan:
 
 
 def build_transformer(seed: int) -> WanTransformer3DModel:
-    """One expert: about 1 M parameters, the I2V channel layout (16 noisy + 4 mask + 16 image latent channels)."""
+    """One expert: about 1.4 M parameters, the I2V channel layout (16 noisy + 4 mask + 16 image latent channels)."""
     torch.manual_seed(seed)
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
@@ -83,7 +83,7 @@ def build_transformer(seed: int) -> WanTransformer3DModel:
         text_dim=TEXT_DIM,
         freq_dim=64,
         ffn_dim=256,
-        num_layers=4,
+        num_layers=6,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=64,

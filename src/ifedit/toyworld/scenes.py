@@ -28,9 +28,14 @@ SHAPES = ("circle", "square", "triangle")
 EVENTS = ("left", "right", "up", "down", "fall", "grow", "shrink", "recolour", "fade", "appear", "still")
 # Muted backgrounds, far from every object colour so a detector can tell them apart.
 BACKGROUNDS = ((200, 200, 200), (170, 160, 140), (70, 75, 80), (225, 215, 195), (120, 135, 150))
-MOVE_PIXELS = (14, 22)
-GROW, SHRINK = (1.5, 1.8), (0.5, 0.62)
+# Every change has one size, so an instruction says exactly what the result is: with moves of 14-22 px and
+# scales drawn from a range, the trained toy experts averaged over the outcomes and drew shapes smeared along
+# the range, where a model this small could learn one outcome.
+MOVE_PIXELS = 18.0
+GROW, SHRINK = 1.65, 0.56
 RADIUS = (7, 11)
+# Where an appearing shape goes: the centre of the third of the frame its instruction names.
+PLACES = {"left": 14.0, "middle": 32.0, "right": 50.0, "top": 14.0, "centre": 32.0, "bottom": 50.0}
 
 _PHRASES = {
     "left": ("the {o} moves to the left", "move the {o} to the left", "slide the {o} left"),
@@ -42,7 +47,7 @@ _PHRASES = {
     "shrink": ("the {o} shrinks", "make the {o} smaller", "shrink the {o}"),
     "recolour": ("the {o} turns {c}", "make the {o} {c}", "paint the {o} {c}"),
     "fade": ("the {o} fades away", "make the {o} disappear", "remove the {o}"),
-    "appear": ("a {o} appears", "add a {o}", "make a {o} appear"),
+    "appear": ("a {o} appears at the {p}", "add a {o} at the {p}", "make a {o} appear at the {p}"),
     "still": ("nothing changes", "keep the scene still", "the scene stays the same"),
 }
 
@@ -101,7 +106,8 @@ def sample_case(seed: int, event: str | None = None) -> Case:
                 break
     if event == "appear":
         shapes[0] = dataclasses.replace(start, radius=0.0)
-    instruction = str(rng.choice(_PHRASES[event])).format(o=start.name, c=end.colour)
+    place = " ".join(_places(end))
+    instruction = str(rng.choice(_PHRASES[event])).format(o=start.name, c=end.colour, p=place)
     return Case(
         seed=seed,
         background=background,
@@ -118,10 +124,10 @@ def sample_case(seed: int, event: str | None = None) -> Case:
 def _target(event: str, colours: list[str], rng: np.random.Generator) -> tuple[Shape, Shape]:
     """The shape that changes, placed so that its whole change fits in the frame, and its end state."""
     radius = float(rng.uniform(*RADIUS))
-    scale = float(rng.uniform(*GROW)) if event == "grow" else float(rng.uniform(*SHRINK)) if event == "shrink" else 1
+    scale = GROW if event == "grow" else SHRINK if event == "shrink" else 1.0
     margin = radius * max(scale, 1.0) + 2
     low, high = margin, SIZE - margin
-    step = float(rng.uniform(*MOVE_PIXELS))
+    step = MOVE_PIXELS
     x_range, y_range = [low, high], [low, high]
     if event == "left":
         x_range[0] += step
@@ -133,9 +139,11 @@ def _target(event: str, colours: list[str], rng: np.random.Generator) -> tuple[S
         y_range[1] -= step
     elif event == "fall":
         y_range[1] = SIZE / 2
-    start = Shape(
-        str(rng.choice(SHAPES)), colours[0], float(rng.uniform(*x_range)), float(rng.uniform(*y_range)), radius
-    )
+    x, y = float(rng.uniform(*x_range)), float(rng.uniform(*y_range))
+    if event == "appear":
+        x = PLACES[str(rng.choice(("left", "middle", "right")))]
+        y = PLACES[str(rng.choice(("top", "centre", "bottom")))]
+    start = Shape(str(rng.choice(SHAPES)), colours[0], x, y, radius)
     moves = {"left": (-step, 0), "right": (step, 0), "up": (0, -step), "down": (0, step)}
     dx, dy = moves.get(event, (0, 0))
     end = dataclasses.replace(start, x=start.x + dx, y=high if event == "fall" else start.y + dy)
@@ -152,10 +160,16 @@ def describe(shape: Shape, event: str) -> str:
     """A caption of the final frame, as a target-description benchmark would give it."""
     if event == "fade":
         return "A photo of an empty background."
-    horizontal = "left" if shape.x < SIZE / 3 else "right" if shape.x > 2 * SIZE / 3 else "middle"
-    vertical = "top" if shape.y < SIZE / 3 else "bottom" if shape.y > 2 * SIZE / 3 else "centre"
+    vertical, horizontal = _places(shape)
     size = " big" if event == "grow" else " small" if event == "shrink" else ""
     return f"A photo of a{size} {shape.name} at the {vertical} {horizontal}."
+
+
+def _places(shape: Shape) -> tuple[str, str]:
+    """Which third of the frame a shape's centre is in, vertically and horizontally ("top", "left")."""
+    horizontal = "left" if shape.x < SIZE / 3 else "right" if shape.x > 2 * SIZE / 3 else "middle"
+    vertical = "top" if shape.y < SIZE / 3 else "bottom" if shape.y > 2 * SIZE / 3 else "centre"
+    return vertical, horizontal
 
 
 def _eased(progress: float, event: str) -> float:

@@ -24,6 +24,7 @@ from diffusers import AutoencoderKLWan
 
 from ..dropout import kept_frame_indices, slice_frames
 from ..pipeline import DEFAULT_REFINE_PROMPT, IFEditPipeline
+from ..presets import TOYWORLD_TRAINING_RECORD
 from ..prompting.template import template_prompt
 from .config import TrainConfig
 from .model import (
@@ -367,7 +368,7 @@ def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], Non
     dit_losses = train_experts(pipe, data, cases, config, log, snapshot=out / "snapshot")
     pipe.save_pretrained(out)
     record = {"config": asdict(config), **vae_losses, "expert_losses": dit_losses}
-    (out / "training.json").write_text(json.dumps(record))
+    (out / TOYWORLD_TRAINING_RECORD).write_text(json.dumps(record))
     (out / "vae_losses.json").unlink(missing_ok=True)
     shutil.rmtree(out / "snapshot", ignore_errors=True)
     log(f"saved the toy world's pipeline to {out}")
