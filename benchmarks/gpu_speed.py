@@ -95,6 +95,7 @@ def main() -> None:
     options = LoadOptions(attention_backend=args.attention_backend, compile=args.compile,
                           first_block_cache=args.first_block_cache, storage_dtype=args.storage_dtype)  # fmt: skip
 
+    vae_dtype = getattr(torch, args.vae_dtype)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if args.tiny:
         pipe = IFEditPipeline(**tiny_components("a14b"))
@@ -102,11 +103,11 @@ def main() -> None:
     elif args.weights:
         pipe = IFEditPipeline.from_pretrained(args.weights, torch_dtype=torch.bfloat16)
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
-        pipe.vae.to(getattr(torch, args.vae_dtype))
+        pipe.vae.to(vae_dtype)
         pipe.to(device)
         size = {"height": 480, "width": 832}
     else:
-        pipe = real_size_pipeline(device, getattr(torch, args.vae_dtype))
+        pipe = real_size_pipeline(device, vae_dtype)
         size = {"height": 480, "width": 832}
     for expert in (pipe.transformer, pipe.transformer_2):
         store_expert(expert, options, expert.dtype)

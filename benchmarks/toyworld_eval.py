@@ -33,9 +33,9 @@ from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_
 # A cheaper refinement: a 5-frame still video (two latent frames) from the chosen frame re-noised halfway.
 SHORT_REFINE = {"refine_frames": 5, "refine_strength": 0.5}
 # name -> (edit-setting overrides, prompt wording); None overrides = copy the source, ROUND_TRIP = the VAE's
-# reconstruction of the target. "default" is what
-# `ifedit edit --model toyworld` does with no VLM configured: the offline template, K = 3, refinement on.
-ROUND_TRIP = {"round trip": True}
+# reconstruction of the target. "default" is what `ifedit edit --model toyworld` does with no VLM configured: the
+# offline template, K = 3, refinement on.
+ROUND_TRIP: dict = {}  # compared by identity, never passed to the pipeline
 SETTINGS: dict[str, tuple[dict | None, str]] = {
     "copy": (None, "raw"),
     "VAE round trip": (ROUND_TRIP, "raw"),
@@ -60,7 +60,7 @@ def sharpness(image: np.ndarray) -> float:
 @torch.no_grad()
 def round_trip(editor: Editor, clip: np.ndarray) -> np.ndarray:
     """The last frame of `clip` encoded and decoded with the rest of the clip by the model's VAE, as uint8."""
-    video = (torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1).contiguous()
+    video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     vae = editor.pipe.vae
     decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0, :, -1]
     return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
