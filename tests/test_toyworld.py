@@ -27,8 +27,11 @@ from ifedit.toyworld.scenes import (
     sample_case,
 )
 from ifedit.toyworld.train import (
+    CHANGE_WEIGHT,
     DIT_SEED_START,
     TEXT_SEQUENCE,
+    change_weight,
+    changed_regions,
     decoder_view,
     encode_dataset,
     encode_text,
@@ -36,6 +39,7 @@ from ifedit.toyworld.train import (
     train,
     train_decoder,
     train_experts,
+    weighted_mse,
 )
 
 
@@ -231,3 +235,20 @@ def test_the_low_noise_expert_also_learns_thinned_clips(trained):
     assert set(seen["transformer"]) == {5}, "the high-noise expert works before the dropout cut: whole clips"
     assert 5 in seen["transformer_2"] and set(seen["transformer_2"]) - {5} <= {2, 3}
     assert len(set(seen["transformer_2"]) - {5}) >= 1
+
+
+def test_the_expert_loss_weighs_where_the_clip_changes():
+    clips = torch.zeros(1, 3, 17, 64, 64)
+    clips[:, :, 6:, 20:24, 40:44] = 1.0  # a patch lights up in frame 6 and stays
+    changed = changed_regions(clips)
+    assert changed.shape == (1, 1, 5, 16, 16)
+    assert changed[0, 0, 0].sum() == 0 and changed[0, 0, 1].sum() == 0, "frames 0 and 1-4 are unchanged"
+    for j in (2, 3, 4):  # frames 5-8 (frame 6 changed), then held
+        assert changed[0, 0, j, 5, 10] == 1, "the latent pixel over the patch"
+        assert changed[0, 0, j, 4:7, 9:12].sum() == 9 and changed[0, 0, j].sum() == 9, "grown by one latent pixel"
+    weight = change_weight(changed)
+    assert weight.max() == 1 + CHANGE_WEIGHT and weight.min() == 1
+    prediction, target = torch.zeros(1, 16, 5, 16, 16), torch.ones(1, 16, 5, 16, 16)
+    assert weighted_mse(prediction, target, weight).item() == pytest.approx(1.0), "a constant error stays itself"
+    prediction[:, :, 2, 5, 10] = 1.0  # right only where the clip changes: the error drops more than its share
+    assert weighted_mse(prediction, target, weight) < 1 - (1 + CHANGE_WEIGHT) / weight.sum() * 0.99
