@@ -128,7 +128,7 @@ def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
     config = TrainConfig(vae_steps=2, decoder_steps=2, vae_batch=2, stats_clips=16, clips=16, dit_steps=3,
-                         dit_batch=4, log_every=1, snapshot_every=2)  # fmt: skip
+                         dit_batch=4, log_every=1, snapshot_every=2, text_steps=2, text_batch=4)  # fmt: skip
     messages = []
     train(out, config, log=messages.append)
     return out, messages
@@ -252,3 +252,20 @@ def test_the_expert_loss_weighs_where_the_clip_changes():
     assert weighted_mse(prediction, target, weight).item() == pytest.approx(1.0), "a constant error stays itself"
     prediction[:, :, 2, 5, 10] = 1.0  # right only where the clip changes: the error drops more than its share
     assert weighted_mse(prediction, target, weight) < 1 - (1 + CHANGE_WEIGHT) / weight.sum() * 0.99
+
+
+def test_the_pretrained_text_encoder_stays_frozen_while_the_experts_learn(trained):
+    out, messages = trained
+    record = json.loads((out / "training.json").read_text())
+    assert len(record["text_losses"]) == 2 and any(message.startswith("text encoder step 2/2") for message in messages)
+    pipe = IFEditPipeline.from_pretrained(out)
+    before = {name: value.clone() for name, value in pipe.text_encoder.state_dict().items()}
+    for parameter in pipe.text_encoder.parameters():
+        parameter.requires_grad_(False)
+    seeds = list(range(DIT_SEED_START, DIT_SEED_START + 8))
+    data = encode_dataset(pipe, seeds, log=lambda message: None)
+    experts_before = pipe.transformer.state_dict()["proj_out.weight"].clone()
+    config = TrainConfig(dit_steps=3, dit_batch=4, log_every=3, snapshot_every=0)
+    train_experts(pipe, data, [sample_case(seed) for seed in seeds], config, log=lambda message: None)
+    assert all(torch.equal(pipe.text_encoder.state_dict()[name], value) for name, value in before.items())
+    assert not torch.equal(pipe.transformer.state_dict()["proj_out.weight"], experts_before)

@@ -16,6 +16,9 @@ class TrainConfig:
     decoder_steps: int = 600  # then the decoder alone, on the frozen encoder's latents
     decoder_lr: float = 2e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
+    text_steps: int = 1500  # the text encoder alone first, then frozen (0: it learns with the experts instead)
+    text_batch: int = 64
+    text_lr: float = 2e-3
     clips: int = 4000
     dit_steps: int = 4500
     dit_batch: int = 16
