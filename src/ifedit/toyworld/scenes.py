@@ -34,7 +34,8 @@ BACKGROUNDS = ((200, 200, 200), (170, 160, 140), (70, 75, 80), (225, 215, 195), 
 MOVE_PIXELS = 18.0
 GROW, SHRINK = 1.65, 0.56
 RADIUS = (7, 11)
-# Where an appearing shape goes: the centre of the third of the frame its instruction names.
+# The thirds of the frame, by name; an appearing shape goes to the centre of the one its instruction names.
+VERTICAL, HORIZONTAL = ("top", "centre", "bottom"), ("left", "middle", "right")
 PLACES = {"left": 14.0, "middle": 32.0, "right": 50.0, "top": 14.0, "centre": 32.0, "bottom": 50.0}
 
 _PHRASES = {
@@ -106,7 +107,7 @@ def sample_case(seed: int, event: str | None = None) -> Case:
                 break
     if event == "appear":
         shapes[0] = dataclasses.replace(start, radius=0.0)
-    place = " ".join(_places(end))
+    place = " ".join(places(end))
     instruction = str(rng.choice(_PHRASES[event])).format(o=start.name, c=end.colour, p=place)
     return Case(
         seed=seed,
@@ -141,8 +142,8 @@ def _target(event: str, colours: list[str], rng: np.random.Generator) -> tuple[S
         y_range[1] = SIZE / 2
     x, y = float(rng.uniform(*x_range)), float(rng.uniform(*y_range))
     if event == "appear":
-        x = PLACES[str(rng.choice(("left", "middle", "right")))]
-        y = PLACES[str(rng.choice(("top", "centre", "bottom")))]
+        x = PLACES[str(rng.choice(HORIZONTAL))]
+        y = PLACES[str(rng.choice(VERTICAL))]
     start = Shape(str(rng.choice(SHAPES)), colours[0], x, y, radius)
     moves = {"left": (-step, 0), "right": (step, 0), "up": (0, -step), "down": (0, step)}
     dx, dy = moves.get(event, (0, 0))
@@ -160,16 +161,18 @@ def describe(shape: Shape, event: str) -> str:
     """A caption of the final frame, as a target-description benchmark would give it."""
     if event == "fade":
         return "A photo of an empty background."
-    vertical, horizontal = _places(shape)
+    vertical, horizontal = places(shape)
     size = " big" if event == "grow" else " small" if event == "shrink" else ""
     return f"A photo of a{size} {shape.name} at the {vertical} {horizontal}."
 
 
-def _places(shape: Shape) -> tuple[str, str]:
+def places(shape: Shape) -> tuple[str, str]:
     """Which third of the frame a shape's centre is in, vertically and horizontally ("top", "left")."""
-    horizontal = "left" if shape.x < SIZE / 3 else "right" if shape.x > 2 * SIZE / 3 else "middle"
-    vertical = "top" if shape.y < SIZE / 3 else "bottom" if shape.y > 2 * SIZE / 3 else "centre"
-    return vertical, horizontal
+
+    def third(position: float) -> int:
+        return 0 if position < SIZE / 3 else 2 if position > 2 * SIZE / 3 else 1
+
+    return VERTICAL[third(shape.y)], HORIZONTAL[third(shape.x)]
 
 
 def _eased(progress: float, event: str) -> float:

@@ -36,7 +36,17 @@ from .model import (
     build_vae,
     vocabulary,
 )
-from .scenes import COLOURS, EVAL_SEED_START, EVENTS, NUM_FRAMES, _places, render_clip, sample_case
+from .scenes import (
+    COLOURS,
+    EVAL_SEED_START,
+    EVENTS,
+    HORIZONTAL,
+    NUM_FRAMES,
+    VERTICAL,
+    places,
+    render_clip,
+    sample_case,
+)
 
 logger = logging.getLogger("ifedit")
 
@@ -49,7 +59,6 @@ DIT_SEED_START = 500_000
 TEXT_SEQUENCE = 128
 # Temporal latent dropout strides the model learns to continue after (the pipeline's K = 2, 3 and 4).
 THINNED_STRIDES = (2, 3, 4)
-VERTICAL, HORIZONTAL = ("top", "centre", "bottom"), ("left", "middle", "right")
 # Measured: with equal weights frame 0 was the worst-reconstructed frame of a clip (L1 0.074 vs 0.045-0.070).
 FIRST_FRAME_WEIGHT = 4.0
 # Extra weight of the expert loss where the clip changes. The changing shape covers a few percent of a clip, the
@@ -264,7 +273,7 @@ def sample_text(case, rng: np.random.Generator, dropout: float) -> str:
 def text_labels(case) -> list[int]:
     """What an instruction tells: the event, the shape's colour before and after, and the third of the frame it
     ends in (vertically, horizontally)."""
-    vertical, horizontal = _places(case.end)
+    vertical, horizontal = places(case.end)
     colours = list(COLOURS)
     return [EVENTS.index(case.event), colours.index(case.moved.colour), colours.index(case.end.colour),
             VERTICAL.index(vertical), HORIZONTAL.index(horizontal)]  # fmt: skip
@@ -278,7 +287,7 @@ def pretrain_text_encoder(
     them (expert loss on move clips the same with "left" and "right" swapped, 2,000 steps); pretrained this way, the
     swapped direction cost the high-noise expert 78% more after 1,800 steps. Every token has to know, because the
     experts' cross-attention starts out spread evenly over all 128 text positions."""
-    encoder, tokenizer = pipe.text_encoder.train(), pipe.tokenizer
+    encoder = pipe.text_encoder.train()
     sizes = [len(EVENTS), len(COLOURS), len(COLOURS), len(VERTICAL), len(HORIZONTAL)]
     heads = torch.nn.Linear(encoder.config.d_model, sum(sizes))
     optimizer = torch.optim.AdamW([*encoder.parameters(), *heads.parameters()], lr=config.text_lr)
@@ -289,7 +298,7 @@ def pretrain_text_encoder(
         batch = [cases[index] for index in rng.integers(0, len(cases), size=config.text_batch)]
         texts = [case.instruction if rng.random() < 0.6 else template_prompt(case.instruction, "instruction")
                  for case in batch]  # fmt: skip
-        tokens = tokenizer(texts, padding="max_length", max_length=TEXT_SEQUENCE, truncation=True, return_tensors="pt")
+        tokens = tokenize(pipe.tokenizer, texts)
         logits = heads(encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state).split(sizes, dim=-1)
         labels = torch.tensor([text_labels(case) for case in batch])
         real = tokens.attention_mask.float()
@@ -309,10 +318,15 @@ def pretrain_text_encoder(
     return losses
 
 
+def tokenize(tokenizer, texts: list[str]):
+    """Token ids and attention mask as the pipeline makes them: real tokens, then padding up to TEXT_SEQUENCE."""
+    return tokenizer(texts, padding="max_length", max_length=TEXT_SEQUENCE, truncation=True,
+                     add_special_tokens=True, return_attention_mask=True, return_tensors="pt")  # fmt: skip
+
+
 def encode_text(pipe: IFEditPipeline, texts: list[str]) -> torch.Tensor:
     """Text embeddings exactly as the pipeline builds them: real tokens, then zeros up to TEXT_SEQUENCE."""
-    tokens = pipe.tokenizer(texts, padding="max_length", max_length=TEXT_SEQUENCE, truncation=True,
-                            add_special_tokens=True, return_attention_mask=True, return_tensors="pt")  # fmt: skip
+    tokens = tokenize(pipe.tokenizer, texts)
     hidden = pipe.text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
     return hidden * tokens.attention_mask.unsqueeze(-1)
 
@@ -333,13 +347,13 @@ def train_experts(
     against 7-10 at K = 1)."""
     experts = {"transformer": pipe.transformer, "transformer_2": pipe.transformer_2}
     # A pretrained text encoder comes frozen; one still trainable learns with the experts.
+    trained = dict(experts)
     if any(parameter.requires_grad for parameter in pipe.text_encoder.parameters()):
-        experts["text_encoder"] = pipe.text_encoder
-    trained = list(experts.values())
-    for module in trained:
+        trained["text_encoder"] = pipe.text_encoder
+    for module in trained.values():
         module.train()
-    averages = {name: copy.deepcopy(module).eval() for name, module in experts.items()}
-    parameters = [parameter for module in trained for parameter in module.parameters()]
+    averages = {name: copy.deepcopy(module).eval() for name, module in trained.items()}
+    parameters = [parameter for module in trained.values() for parameter in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.dit_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.dit_lr, total_steps=config.dit_steps, pct_start=0.03
@@ -389,7 +403,7 @@ def train_experts(
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        _update_average(averages, experts, config.ema_decay)
+        _update_average(averages, trained, config.ema_decay)
         losses.append(loss.item() / 2)
         _log_progress(log, "experts", step, config.dit_steps, losses, start, config.log_every)
         if snapshot and config.snapshot_every and (step + 1) % config.snapshot_every == 0:
