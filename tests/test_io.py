@@ -99,6 +99,14 @@ def test_output_paths_are_checked_up_front(tmp_path):
     assert check_output_path(existing, overwrite=True) == existing
 
 
+def test_outputs_get_the_permissions_of_any_new_file(tmp_path):
+    target = tmp_path / "out.txt"
+    with atomic_path(target) as temporary:
+        temporary.write_text("x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert target.stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
 def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
     target = tmp_path / "record.json"
     with pytest.raises(RuntimeError), atomic_path(target) as temporary:
