@@ -10,7 +10,7 @@ import torch
 
 from ifedit import IFEditPipeline
 from ifedit.cli import main
-from ifedit.presets import TOYWORLD_WEIGHTS, get_preset, resolve_model
+from ifedit.presets import PRESETS, get_preset, resolve_model
 from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, score_edit
 from ifedit.toyworld.model import build_tokenizer, build_vae, vocabulary
@@ -36,6 +36,7 @@ from ifedit.toyworld.train import (
     encode_dataset,
     encode_text,
     i2v_condition,
+    pipeline_view,
     train,
     train_decoder,
     train_experts,
@@ -127,8 +128,9 @@ def test_tokenizer_knows_every_training_word():
 def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
-    config = TrainConfig(vae_steps=2, decoder_steps=2, vae_batch=2, stats_clips=16, clips=16, dit_steps=3,
-                         dit_batch=4, log_every=1, snapshot_every=2, text_steps=2, text_batch=4)  # fmt: skip
+    config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, vae_batch=2, stats_clips=16, clips=16,
+                         dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2, text_steps=2,
+                         text_batch=4)  # fmt: skip
     messages = []
     train(out, config, log=messages.append)
     return out, messages
@@ -141,7 +143,7 @@ def test_training_saves_a_pipeline_that_edits(trained):
     assert any(message.startswith("saved the averaged weights of step 2") for message in messages)
     assert not (out / "snapshot").exists(), "the snapshot is removed once the final weights are saved"
     record = json.loads((out / "training.json").read_text())
-    assert len(record["vae_losses"]) == 2 and len(record["decoder_losses"]) == 2
+    assert len(record["vae_losses"]) == len(record["decoder_losses"]) == len(record["window_losses"]) == 2
     assert len(record["expert_losses"]) == 3 and record["config"]["clips"] == 16
     pipe = IFEditPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
@@ -159,6 +161,21 @@ def test_a_trained_folder_runs_with_the_toy_worlds_recipe(trained):
     preset = resolve_model(str(out))
     assert preset.model_id == str(out)
     assert dataclasses.replace(preset, model_id=None) == dataclasses.replace(get_preset("toyworld"), model_id=None)
+
+
+@pytest.mark.parametrize("flag, refined", [((), False), (("--refine",), True)], ids=["preset", "--refine"])
+def test_the_toy_world_edits_without_refinement_unless_asked(trained, tmp_path, flag, refined):
+    """Its preset turns refinement off (measured to cost the toy world quality); `--refine` turns it back on."""
+    out, _ = trained
+    case = sample_case(EVAL_SEED_START)
+    source, output = tmp_path / "source.png", tmp_path / "edited.png"
+    PIL.Image.fromarray(render_clip(case)[0]).save(source)
+    code = main(["edit", str(source), case.instruction, "-o", str(output), "--model", str(out), "--steps", "2",
+                 "--seed", "0", "-q", *flag])  # fmt: skip
+    assert code == 0
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["settings"]["refine"] is refined
+    assert (record["result"]["refine_sharpness"] is not None) is refined
 
 
 def test_training_inputs_match_what_the_pipeline_builds(trained):
@@ -180,8 +197,10 @@ def test_training_inputs_match_what_the_pipeline_builds(trained):
         torch.testing.assert_close(conditions[row : row + 1], reference, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(TOYWORLD_WEIGHTS.is_dir(), reason="checks the message shown before weights are installed")
-def test_demo_without_weights_says_how_to_get_them(tmp_path, capsys):
+def test_demo_without_weights_says_how_to_get_them(tmp_path, capsys, monkeypatch):
+    """An install whose toy-world weights are missing (they ship in the package) says how to make them."""
+    missing = dataclasses.replace(get_preset("toyworld"), model_id=str(tmp_path / "weights"))
+    monkeypatch.setitem(PRESETS, "toyworld", missing)
     assert main(["demo", "-o", str(tmp_path / "demo.png")]) == 1
     err = capsys.readouterr().err
     assert "ifedit toyworld train --out DIR" in err and len(err.strip().splitlines()) == 1
@@ -191,11 +210,13 @@ def test_demo_without_weights_says_how_to_get_them(tmp_path, capsys):
 DECODER_PARTS = ("decoder.", "post_quant_conv.")
 
 
-def test_the_decoder_stage_leaves_the_encoder_and_so_the_latents_alone():
+@pytest.mark.parametrize("windows", [False, True], ids=["decoder", "decoder windows"])
+def test_the_decoder_stages_leave_the_encoder_and_so_the_latents_alone(windows):
     vae = build_vae(0)
     encoder = {name: value.clone() for name, value in vae.state_dict().items() if not name.startswith(DECODER_PARTS)}
     decoder = {name: value.clone() for name, value in vae.state_dict().items() if name.startswith(DECODER_PARTS)}
-    train_decoder(vae, TrainConfig(decoder_steps=1, vae_batch=1, log_every=1), log=lambda message: None)
+    config = TrainConfig(decoder_steps=1, window_steps=1, vae_batch=1, log_every=1)
+    train_decoder(vae, config, log=lambda message: None, windows=windows)
     after = vae.state_dict()
     assert all(torch.equal(after[name], value) for name, value in encoder.items())
     assert any(not torch.equal(after[name], value) for name, value in decoder.items())
@@ -217,6 +238,27 @@ def test_thinned_latents_are_paired_with_the_frames_they_stand_for():
     with torch.no_grad():
         decoded = vae.decode(torch.zeros(1, 16, 3, 4, 4)).sample
     assert decoded.shape[2] == 9, "the decoder turns latent frames [0, j, k] into the 1 + 4 + 4 frames paired here"
+
+
+def test_the_windows_stage_decodes_what_the_pipeline_decodes():
+    latents = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 16, 5, 4, 4)
+    clips = torch.arange(17.0).view(1, 1, 17, 1, 1).expand(2, 3, 17, 16, 16)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        window, frames = pipeline_view(latents, clips, rng)
+        kept = tuple(int(value) for value in window[0, 0, :, 0, 0])
+        seen.add(kept)
+        # A window's first latent frame decodes alone into one frame: the last of the four it stands for.
+        first = 0 if kept[0] == 0 else 4 * kept[0]
+        expected = [first] + [frame for j in kept[1:] for frame in range(4 * j - 3, 4 * j + 1)]
+        assert frames[0, 0, :, 0, 0].tolist() == expected
+    assert {(3, 4), (2, 3, 4), (1, 2, 3, 4)} <= seen, "the last two latent frames (decode 'needed') and later windows"
+    assert {(0, 1, 2, 3, 4), (0, 2, 4), (0, 4)} <= seen, "and the whole and thinned clips of the decoder stage"
+    vae = build_vae(0).eval()
+    with torch.no_grad():
+        decoded = vae.decode(torch.zeros(1, 16, 2, 4, 4)).sample
+    assert decoded.shape[2] == 5, "latent frames [3, 4] decode into the 1 + 4 frames paired here"
 
 
 def test_the_low_noise_expert_also_learns_thinned_clips(trained):

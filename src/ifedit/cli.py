@@ -200,7 +200,11 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> 
     )
 
     refine = parser.add_argument_group("still-video refinement")
-    refine.add_argument("--no-refine", action="store_true", help="skip refinement (faster, less crisp)")
+    refine.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        help="re-render the chosen frame as a still video (default: the preset's; on for every model but toyworld)",
+    )
     refine.add_argument("--refine-prompt", help="prompt of the still video")
     refine.add_argument("--refine-frames", type=int, help="frames of the still video (default: --frames)")
     refine.add_argument("--refine-steps", type=int, help="steps of the still video (default: --steps)")
@@ -552,7 +556,7 @@ def _edit_settings(preset: Preset, args: argparse.Namespace) -> dict:
         tld_threshold=args.tld_threshold,
         tld_history=args.tld_history,
         tld_positions=args.tld_positions,
-        refine=not args.no_refine,
+        refine=args.refine,
         refine_prompt=args.refine_prompt,
         refine_frames=args.refine_frames,
         refine_steps=args.refine_steps,

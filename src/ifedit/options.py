@@ -101,7 +101,6 @@ EDIT_DEFAULTS: dict[str, Any] = {
     "width": None,
     "tld_history": "slice",
     "tld_positions": "contiguous",
-    "refine": True,
     "refine_prompt": None,
     "refine_frames": None,
     "refine_steps": None,

@@ -280,7 +280,9 @@ def build_page(app: EditorApp) -> gr.Blocks:
                             label="Dropout threshold (0: at the expert switch)",
                             elem_id="tld-threshold",
                         )
-                    refine = gr.Checkbox(True, label="Refine the chosen frame with a still video", elem_id="refine")
+                    refine = gr.Checkbox(
+                        preset.refine, label="Refine the chosen frame with a still video", elem_id="refine"
+                    )
                     with gr.Row():
                         refine_steps = gr.Number(0, label="Refine steps (0: as Steps)", precision=0)
                         refine_frames = gr.Number(0, label="Refine frames (0: as Frames)", precision=0)

@@ -15,6 +15,8 @@ class TrainConfig:
     vae_lr: float = 3e-4
     decoder_steps: int = 600  # then the decoder alone, on the frozen encoder's latents
     decoder_lr: float = 2e-4
+    window_steps: int = 1500  # then the decoder alone on the clip windows the pipeline decodes (decode "needed")
+    window_lr: float = 3e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
     text_steps: int = 1500  # the text encoder alone first, then frozen (0: it learns with the experts instead)
     text_batch: int = 64
