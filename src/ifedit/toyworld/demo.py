@@ -14,6 +14,7 @@ from ..io import save_image
 from ..loading import LoadOptions
 from ..options import edit_settings
 from ..presets import Preset
+from ..prompting.template import template_prompt
 from ..report import contact_sheet
 from .detect import score_edit
 from .scenes import EVAL_SEED_START, render_clip, sample_case
@@ -32,7 +33,9 @@ def run_demo(preset: Preset, output: Path, log: Callable[[str], None] = print) -
     for index, event in enumerate(DEMO_EVENTS):
         case = sample_case(DEMO_SEED + index, event)
         clip = render_clip(case)
-        edit = editor.edit(PIL.Image.fromarray(clip[0]), case.instruction, settings, seed=index)
+        # The video prompt `ifedit edit` writes offline, with no VLM configured.
+        prompt = template_prompt(case.instruction, "instruction")
+        edit = editor.edit(PIL.Image.fromarray(clip[0]), case.instruction, settings, prompt=prompt, seed=index)
         edited = np.asarray(edit.result.image)
         score = score_edit(case, edited, clip[-1])
         successes.append(score.success)
