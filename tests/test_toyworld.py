@@ -222,43 +222,39 @@ def test_the_decoder_stages_leave_the_encoder_and_so_the_latents_alone(windows):
     assert any(not torch.equal(after[name], value) for name, value in decoder.items())
 
 
-def test_thinned_latents_are_paired_with_the_frames_they_stand_for():
+def _views(view, draws: int) -> set[tuple[int, ...]]:
+    """The latent frames `view` keeps over `draws` draws, each checked to be paired with the frames it stands for:
+    latent frame j > 0 for frames 4j-3 .. 4j, and a window's first latent frame, decoded alone into one frame, for
+    the last of those (frame 0 for latent frame 0)."""
     latents = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 16, 5, 4, 4)
     clips = torch.arange(17.0).view(1, 1, 17, 1, 1).expand(2, 3, 17, 16, 16)
     rng = np.random.default_rng(0)
     seen = set()
-    for _ in range(40):
-        thinned, frames = decoder_view(latents, clips, rng)
-        kept = tuple(int(value) for value in thinned[0, 0, :, 0, 0])
+    for _ in range(draws):
+        kept_latents, frames = view(latents, clips, rng)
+        kept = tuple(int(value) for value in kept_latents[0, 0, :, 0, 0])
         seen.add(kept)
-        expected = [0] + [frame for j in kept[1:] for frame in range(4 * j - 3, 4 * j + 1)]
+        expected = [4 * kept[0]] + [frame for j in kept[1:] for frame in range(4 * j - 3, 4 * j + 1)]
         assert frames[0, 0, :, 0, 0].tolist() == expected
-    assert seen == {(0, 1, 2, 3, 4), (0, 2, 4), (0, 3, 4), (0, 4)}, "whole clips and the strides 2, 3 and 4"
-    vae = build_vae(0).eval()
+    return seen
+
+
+def _decoded_frames(latent_frames: int) -> int:
     with torch.no_grad():
-        decoded = vae.decode(torch.zeros(1, 16, 3, 4, 4)).sample
-    assert decoded.shape[2] == 9, "the decoder turns latent frames [0, j, k] into the 1 + 4 + 4 frames paired here"
+        return build_vae(0).eval().decode(torch.zeros(1, 16, latent_frames, 4, 4)).sample.shape[2]
+
+
+def test_thinned_latents_are_paired_with_the_frames_they_stand_for():
+    seen = _views(decoder_view, 40)
+    assert seen == {(0, 1, 2, 3, 4), (0, 2, 4), (0, 3, 4), (0, 4)}, "whole clips and the strides 2, 3 and 4"
+    assert _decoded_frames(3) == 9, "the decoder turns latent frames [0, j, k] into the 1 + 4 + 4 frames paired here"
 
 
 def test_the_windows_stage_decodes_what_the_pipeline_decodes():
-    latents = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 16, 5, 4, 4)
-    clips = torch.arange(17.0).view(1, 1, 17, 1, 1).expand(2, 3, 17, 16, 16)
-    rng = np.random.default_rng(0)
-    seen = set()
-    for _ in range(200):
-        window, frames = pipeline_view(latents, clips, rng)
-        kept = tuple(int(value) for value in window[0, 0, :, 0, 0])
-        seen.add(kept)
-        # A window's first latent frame decodes alone into one frame: the last of the four it stands for.
-        first = 0 if kept[0] == 0 else 4 * kept[0]
-        expected = [first] + [frame for j in kept[1:] for frame in range(4 * j - 3, 4 * j + 1)]
-        assert frames[0, 0, :, 0, 0].tolist() == expected
+    seen = _views(pipeline_view, 200)
     assert {(3, 4), (2, 3, 4), (1, 2, 3, 4)} <= seen, "the last two latent frames (decode 'needed') and later windows"
     assert {(0, 1, 2, 3, 4), (0, 2, 4), (0, 4)} <= seen, "and the whole and thinned clips of the decoder stage"
-    vae = build_vae(0).eval()
-    with torch.no_grad():
-        decoded = vae.decode(torch.zeros(1, 16, 2, 4, 4)).sample
-    assert decoded.shape[2] == 5, "latent frames [3, 4] decode into the 1 + 4 frames paired here"
+    assert _decoded_frames(2) == 5, "latent frames [3, 4] decode into the 1 + 4 frames paired here"
 
 
 def test_the_low_noise_expert_also_learns_thinned_clips(trained):
