@@ -27,7 +27,7 @@ from ifedit.options import FAST_SETTINGS, edit_settings
 from ifedit.presets import resolve_model
 from ifedit.prompting.template import template_prompt
 from ifedit.sharpness import laplacian_variance
-from ifedit.toyworld.detect import score_edit
+from ifedit.toyworld.detect import MOVING_EVENTS, move_error, score_edit
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 
 # A cheaper refinement: a 5-frame still video (two latent frames) from the chosen frame re-noised halfway.
@@ -55,7 +55,6 @@ SETTINGS: dict[str, tuple[dict | None, str]] = {
     "--fast (refine on)": ({**ON, **FAST_SETTINGS}, "template"),
     "--fast, K=4, strength 0.25": ({**ON, **FAST_SETTINGS, "tld_stride": 4, "refine_strength": 0.25}, "template"),
 }
-MOVES = ("left", "right", "up", "down", "fall")
 
 
 def sharpness(image: np.ndarray) -> float:
@@ -94,11 +93,10 @@ def evaluate(editor: Editor | None, cases: list, overrides: dict | None, wording
 
 def summarise(rows: dict[str, list]) -> dict[str, float]:
     every = [row for event_rows in rows.values() for row in event_rows]
-    moves = [row[1] for event in MOVES for row in rows.get(event, [])]
+    moves = [move_error(row[1]) for event in MOVING_EVENTS for row in rows.get(event, [])]
     return {
         "success": float(np.mean([row[0] for row in every])),
-        # A missing shape counts as half the frame away, so losing the object is never better than moving it badly.
-        "move error px": float(np.mean([32.0 if np.isnan(error) else error for error in moves])) if moves else np.nan,
+        "move error px": float(np.mean(moves)) if moves else np.nan,
         "background error": float(np.mean([row[2] for row in every])),
         "sharpness": float(np.mean([row[3] for row in every])),
         "s/edit": float(np.mean([row[4] for row in every])),

@@ -18,12 +18,11 @@ from ifedit.loading import LoadOptions
 from ifedit.options import edit_settings
 from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, get_preset
 from ifedit.prompting import enhance
-from ifedit.toyworld.detect import score_edit
+from ifedit.toyworld.detect import MOVING_EVENTS, move_error, score_edit
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 
 SCENES_PER_EVENT = 2
 QUALITY_SEED_START = EVAL_SEED_START + 50_000  # apart from the evaluation's 110 scenes and the demo's
-MOVES = ("left", "right", "up", "down", "fall")
 MIN_SUCCESS = 0.15  # of the changing events, measured 0.25 (copying the source meets none of them)
 MAX_MOVE_ERROR_RATIO = 0.6  # mean distance of moved shapes from their targets over copying's, measured 0.32
 MAX_BACKGROUND_ERROR = 12.0  # mean 0-255 error on the rest of the picture, measured 7.2
@@ -61,9 +60,8 @@ def test_edits_meet_their_targets_where_copying_meets_none(edits):
 
 
 def test_moved_shapes_land_near_their_targets(edits):
-    moved = [(edit, copy) for case, edit, copy in edits if case.event in MOVES]
-    # A shape the edit lost counts as half the frame away, as in the evaluation.
-    edit_error = np.mean([32.0 if np.isnan(edit.position_error) else edit.position_error for edit, _ in moved])
+    moved = [(edit, copy) for case, edit, copy in edits if case.event in MOVING_EVENTS]
+    edit_error = np.mean([move_error(edit.position_error) for edit, _ in moved])
     copy_error = np.mean([copy.position_error for _, copy in moved])
     assert edit_error <= MAX_MOVE_ERROR_RATIO * copy_error, f"{edit_error:.1f} px vs copying's {copy_error:.1f} px"
 

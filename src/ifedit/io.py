@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,22 +107,15 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary)
+    temporary = path.parent / f".{path.stem}.{secrets.token_hex(8)}.tmp{path.suffix}"
+    # Created here rather than by mkstemp, whose files are private (0600): an output gets the permissions any new
+    # file gets under the user's umask. O_EXCL keeps it from ever reusing an existing file.
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield temporary
-        # mkstemp makes the file private (0600); an output gets the permissions any new file would get.
-        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_image(image: PIL.Image.Image, path: str | os.PathLike) -> None:

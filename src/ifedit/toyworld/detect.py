@@ -17,6 +17,9 @@ COLOUR_DISTANCE = 80.0  # RGB distance under which a pixel counts as the object'
 POSITION_TOLERANCE = 5.0  # pixels
 AREA_TOLERANCE = 1.3  # ratio
 MIN_AREA = 12  # pixels: fewer is noise, not an object
+MOVING_EVENTS = ("left", "right", "up", "down", "fall")  # the events whose edits have a move error
+# Half the frame: the move error of a shape the edit lost, so that losing it is never better than moving it badly.
+LOST_SHAPE_ERROR = 32.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ def score_edit(case: Case, output: np.ndarray, target: np.ndarray) -> EditScore:
     background_error = float(difference[untouched].mean())
     return EditScore(case.event, _success(case, output, found, position_error, area_ratio), position_error,
                      area_ratio, background_error)  # fmt: skip
+
+
+def move_error(position_error: float) -> float:
+    """An edit's move error in pixels, from its `EditScore.position_error` (nan when the shape was lost)."""
+    return LOST_SHAPE_ERROR if np.isnan(position_error) else position_error
 
 
 def _success(case: Case, output: np.ndarray, found: Detection, position_error: float, area_ratio: float) -> bool:

@@ -163,10 +163,7 @@ def decoder_view(
     if rng.random() < 0.5:
         return latents, clips
     kept = kept_frame_indices(latents.shape[2], int(rng.choice(THINNED_STRIDES)))
-    frames = [
-        frame for j in kept for frame in ([0] if j == 0 else range(temporal * j - temporal + 1, temporal * j + 1))
-    ]
-    return latents[:, :, kept], clips[:, :, frames]
+    return latents[:, :, kept], clips[:, :, paired_frames(kept, temporal)]
 
 
 def pipeline_view(
@@ -175,8 +172,8 @@ def pipeline_view(
     """Every view of a clip the pipeline decodes: 40% `decoder_view` (whole or thinned from frame 0), 30% the
     last two latent frames (what `decode_frames="needed"` decodes), 30% a window from a random latent frame on.
 
-    A window that starts at latent frame j > 0 decodes j as a first frame, into one frame: it is paired with the
-    last frame j stands for, 4j. Measured before this stage: decoding the last two latent frames alone gave a
+    A window that starts at latent frame j > 0 decodes j as a first frame, into one frame (`paired_frames`).
+    Measured before this stage: decoding the last two latent frames alone gave a
     background error of 30 of 255 (4.7 for the whole clip)."""
     draw = rng.random()
     if draw < 0.4:
@@ -184,9 +181,15 @@ def pipeline_view(
     count = latents.shape[2]
     first = count - 2 if draw < 0.7 else int(rng.integers(1, count - 1))
     kept = list(range(first, count))
+    return latents[:, :, kept], clips[:, :, paired_frames(kept, temporal)]
+
+
+def paired_frames(kept: list[int], temporal: int = 4) -> list[int]:
+    """The video frames that decoding the latent frames `kept` as one clip stands for: the first decodes alone into
+    one frame, the last of those it covers (frame 0 for latent frame 0, 4j for j > 0); each later one, j, into the
+    four frames 4j-3 .. 4j."""
     later = [frame for j in kept[1:] for frame in range(temporal * j - temporal + 1, temporal * j + 1)]
-    frames = [temporal * first, *later]
-    return latents[:, :, kept], clips[:, :, frames]
+    return [temporal * kept[0], *later]
 
 
 def _log_progress(log, stage: str, step: int, total: int, losses: list[float], start: float, every: int) -> None:
