@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -14,10 +15,11 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import IFEditError, InvalidInputError, SetupError
-from .io import check_output_path, load_image
-from .options import FAST_SETTINGS, check_options, edit_settings
+from .io import check_output_path, check_writable, load_image
+from .options import FAST_SETTINGS, check_options, check_seed, edit_settings
 from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
 from .prompting import DEFAULT_LOCAL_MODEL, ENHANCER_CHOICES, INPUT_KINDS
+from .redact import redact, register_secret, safe_text, strip_control
 from .toyworld.config import TrainConfig
 from .toyworld.scenes import EVENTS
 
@@ -28,11 +30,33 @@ EXIT_SETUP = 1
 EXIT_INTERRUPTED = 130
 
 
+# Every option whose value is a secret; their values are masked in records and output.
+SECRET_OPTIONS = ("--vlm-api-key", "--judge-api-key", "--api-key")
+# Environment variables that may hold a key; masked wherever their values show up.
+SECRET_VARIABLES = ("IFEDIT_VLM_API_KEY", "OPENAI_API_KEY", "IFEDIT_JUDGE_API_KEY", "IFEDIT_SERVE_API_KEY")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line instead of a usage block."""
+    """argparse that reports a bad argument as one line instead of a usage block, and takes no abbreviations
+    (`--vlm-api-k KEY` would otherwise be a key that the record's masking does not recognise)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {safe_text(message)} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a real number; 'inf' and 'nan' would run and give a black image."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +166,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     model.add_argument("--lora-subfolder", help="folder inside --lora-source (default: the preset's)")
     model.add_argument("--lora-high", metavar="FILE", help="LoRA file for the high-noise expert (transformer)")
     model.add_argument("--lora-low", metavar="FILE", help="LoRA file for the low-noise expert (transformer_2)")
-    model.add_argument("--lora-scale", type=float, help="weight of the LoRAs (default: 1.0)")
+    model.add_argument("--lora-scale", type=finite_float, help="weight of the LoRAs (default: 1.0)")
     model.add_argument("--no-lora", action="store_true", help="load the model without the preset's LoRAs")
 
     speed = parser.add_argument_group("speed (see the README's Performance section)")
@@ -154,7 +178,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first edit)")
     speed.add_argument(
         "--first-block-cache",
-        type=float,
+        type=finite_float,
         metavar="THRESHOLD",
         help="skip the rest of a step when its first block changed less than THRESHOLD (e.g. 0.05; approximate)",
     )
@@ -174,8 +198,8 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> 
     sampling.add_argument("--seed", type=int, help=seed_help)
     sampling.add_argument("--height", type=int, help="video height in px (default: the image's aspect at 480p area)")
     sampling.add_argument("--width", type=int, help="video width in px")
-    sampling.add_argument("--guidance", type=float, help="guidance scale of the high-noise expert (paper: 1.0)")
-    sampling.add_argument("--guidance-2", type=float, help="guidance scale of the low-noise expert")
+    sampling.add_argument("--guidance", type=finite_float, help="guidance scale of the high-noise expert (paper: 1.0)")
+    sampling.add_argument("--guidance-2", type=finite_float, help="guidance scale of the low-noise expert")
 
     dropout = parser.add_argument_group("temporal latent dropout")
     dropout.add_argument(
@@ -183,7 +207,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> 
     )
     dropout.add_argument(
         "--tld-threshold",
-        type=float,
+        type=finite_float,
         help="timestep fraction below which frames are dropped (default: the expert switch, 0.9)",
     )
     dropout.add_argument(
@@ -210,7 +234,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> 
     refine.add_argument("--refine-steps", type=int, help="steps of the still video (default: --steps)")
     refine.add_argument(
         "--refine-strength",
-        type=float,
+        type=finite_float,
         help="1.0 (default) starts from noise; lower starts from the re-noised chosen frame (fewer steps)",
     )
 
@@ -387,7 +411,7 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser, input_kind: bool = Tr
     )
     group.add_argument(
         "--vlm-timeout",
-        type=float,
+        type=finite_float,
         default=30.0,
         metavar="S",
         help="seconds per request; with 2 retries a dead server costs at most about 3 times this",
@@ -435,8 +459,17 @@ def _prompt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_secret_option(arg: str) -> bool:
+    """A key option, also spelled as an abbreviation (refused by the parser, but its value is still a key)."""
+    name = arg.partition("=")[0]
+    return name.startswith("--") and (
+        name.endswith("-key")
+        or any(option.startswith(name) and name.startswith(option[: -len("ey")]) for option in SECRET_OPTIONS)
+    )
+
+
 def recorded_argv(argv: Sequence[str]) -> list[str]:
-    """The command line as records keep it: the value of every `--...api-key` option replaced by `***`."""
+    """The command line as records keep it: the value of every key option replaced by `***`."""
     recorded: list[str] = []
     value_is_secret = False
     for arg in argv:
@@ -444,7 +477,7 @@ def recorded_argv(argv: Sequence[str]) -> list[str]:
         if value_is_secret:
             recorded.append("***")
             value_is_secret = False
-        elif arg.startswith("--") and name.endswith("api-key"):
+        elif _is_secret_option(arg):
             recorded.append(f"{name}=***" if equals else arg)
             value_is_secret = not equals
         else:
@@ -452,8 +485,19 @@ def recorded_argv(argv: Sequence[str]) -> list[str]:
     return recorded
 
 
+def _register_secrets(argv: Sequence[str]) -> None:
+    """Every key this run knows of, registered before parsing so that no message or record shows it: argparse
+    quotes bad arguments, and a server may echo a key in an error."""
+    for arg, recorded in zip(argv, recorded_argv(argv), strict=True):
+        if recorded != arg:
+            register_secret(arg.partition("=")[2] if "=" in arg and _is_secret_option(arg) else arg)
+    for variable in SECRET_VARIABLES:
+        register_secret(os.environ.get(variable))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _register_secrets(argv)
     args = build_parser().parse_args(argv)
     args.argv = recorded_argv(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
@@ -469,13 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except InvalidInputError as error:
-        print(f"ifedit: error: {error}", file=sys.stderr)
+        print(f"ifedit: error: {safe_text(error)}", file=sys.stderr)
         return EXIT_INPUT
     except IFEditError as error:
-        print(f"ifedit: error: {error}", file=sys.stderr)
+        print(f"ifedit: error: {safe_text(error)}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:
-        print("ifedit: interrupted; outputs not yet written were not written", file=sys.stderr)
+        print("ifedit: interrupted; outputs of the unfinished work were not written", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -483,17 +527,16 @@ def _edit(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the (slow) model load.
     preset = _with_lora_options(resolve_model(args.model), args)
     settings = _edit_settings(preset, args)
-    instruction = args.instruction.strip()
-    if not instruction:
-        raise InvalidInputError("instruction must not be empty")
-    if args.prompt is not None and not args.prompt.strip():
-        raise InvalidInputError("--prompt must not be empty")
+    check_seed(args.seed)
+    instruction = _user_text(args.instruction, "instruction")
+    if args.prompt is not None:
+        args.prompt = _user_text(args.prompt, "--prompt")
     check_options(prompt=args.prompt or instruction, **settings)
     image = load_image(args.image)
     outputs = _output_paths(args)
     _quiet_libraries()
     from .editor import Editor, final_frame
-    from .io import save_image, save_json
+    from .io import save_image, save_json, staged_outputs
     from .loading import check_placement
 
     options = _load_options(args)
@@ -518,16 +561,18 @@ def _edit(args: argparse.Namespace) -> int:
     )
     result = edit.result
 
-    # Side outputs first and the image and its record last: a JSON beside an image means the edit finished.
-    if args.save_frames:
-        _write_frames(result, outputs["frames"])
-    if args.save_video:
-        from .report import save_video
-
-        save_video(result.frames, outputs["video"], preset.fps)
-    save_image(result.image, outputs["image"])
+    # Every output is written to a temporary first and all are moved into place together, the record last: an
+    # interruption or a full disk leaves none of them, and a JSON beside an image means the edit finished.
     outputs_record = {name: str(path) for name, path in outputs.items() if name != "record"}
-    save_json({**edit.record, "outputs": outputs_record, "argv": args.argv}, outputs["record"])
+    with staged_outputs(outputs, folders=("frames",)) as staged:
+        if args.save_frames:
+            _write_frames(result, staged["frames"])
+        if args.save_video:
+            from .report import save_video
+
+            save_video(result.frames, staged["video"], preset.fps)
+        save_image(result.image, staged["image"])
+        save_json({**edit.record, "outputs": outputs_record, "argv": args.argv}, staged["record"])
     index, sharpness = final_frame(result)
     logger.info(
         "wrote %s (%dx%d, frame %d, sharpness %.1f) in %.1f s; record: %s",
@@ -618,7 +663,7 @@ def _with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
 def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
     """Every file the edit will write, refused up front if it exists (without --overwrite) or cannot be written."""
     image = check_output_path(args.output, args.overwrite)
-    paths = {"image": image, "record": image.with_suffix(".json")}
+    paths = {"image": image}
     if args.save_video:
         if importlib.util.find_spec("imageio_ffmpeg") is None:
             raise SetupError("--save-video needs the video extra: pip install 'ifedit[video]'")
@@ -634,15 +679,27 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
             raise InvalidInputError(
                 f"--save-frames {folder} exists and is not empty (pass --overwrite to write into it)"
             )
+        check_writable(folder.parent)
         paths["frames"] = folder
+    record = image.with_suffix(".json")
+    if record.exists() and not args.overwrite:
+        raise InvalidInputError(f"output exists: {record} (pass --overwrite to replace it)")
+    paths["record"] = record  # last: staged_outputs moves the record into place after everything else
     return paths
+
+
+def _user_text(text: str, name: str) -> str:
+    """An instruction or prompt typed by a user: control characters (a pasted escape sequence, a NUL) removed."""
+    text = strip_control(text).strip()
+    if not text:
+        raise InvalidInputError(f"{name} must not be empty")
+    return text
 
 
 def _write_frames(result, folder: Path) -> None:
     from .io import save_image
     from .report import candidate_sheet, save_frames
 
-    folder.mkdir(exist_ok=True)
     save_frames(result.frames, folder, "edit")
     save_image(candidate_sheet(result.frames, result.sharpness, result.selected_index), folder / "edit_candidates.png")
     if result.refine_frames is not None:
@@ -655,6 +712,7 @@ def _toyworld(args: argparse.Namespace) -> int:
     if args.action == "sample":
         from .toyworld.files import write_sample
 
+        check_seed(args.seed)
         for path in write_sample(args.seed, Path(args.out), args.event, args.overwrite):
             print(path)
         return 0
@@ -768,6 +826,9 @@ def _bench_run(args: argparse.Namespace) -> int:
         import_ray()
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers must be at least 1, got {args.workers}")
+    if args.limit is not None and args.limit < 1:
+        raise InvalidInputError(f"--limit must be at least 1, got {args.limit}")
+    check_seed(args.seed)
     preset = _with_lora_options(resolve_model(args.model), args)
     settings = _edit_settings(preset, args)
     check_options(**settings)
@@ -826,10 +887,17 @@ def _bench_run(args: argparse.Namespace) -> int:
 def _configure_logging(quiet: bool) -> None:
     """Our notes and warnings as `ifedit: ...` lines; the libraries' own chatter only when it is an error."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("ifedit: %(message)s"))
+    handler.setFormatter(_SafeFormatter("ifedit: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines with secrets masked and control codes removed (messages may quote a server's answer)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return strip_control(redact(super().format(record)), keep_newlines=True)
 
 
 def _quiet_libraries() -> None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import PIL.Image
 import PIL.ImageOps
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SetupError
+from .redact import redact_data
 
 MIN_SIDE = 64
 MAX_PIXELS = 40_000_000
@@ -38,12 +42,20 @@ def load_image(path: str | os.PathLike, *, max_bytes: int | None = None, name: s
         raise InvalidInputError(
             f"image file is too large: {shown} is {size / 2**20:.1f} MiB (at most {max_bytes / 2**20:.3g} MiB)"
         )
+    too_large = f"{shown} is too large: more than {MAX_PIXELS / 1e6:.0f} megapixels"
     try:
-        with PIL.Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow's warning zone is above our own limit, which refuses such images below.
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            opened = PIL.Image.open(path)
+        with opened as image:
             # Check the declared size before decoding, so a huge file is refused without loading it.
             _check_size(image.size, shown)
             image.load()
             return to_rgb(PIL.ImageOps.exif_transpose(image))
+    except PIL.Image.DecompressionBombError:
+        # Pillow refuses to even open images past twice its own pixel limit (a few KB can declare gigapixels).
+        raise InvalidInputError(too_large) from None
     except PermissionError as error:
         raise InvalidInputError(f"image file is not readable: {shown} ({error.strerror})") from None
     except PIL.UnidentifiedImageError:
@@ -92,15 +104,29 @@ def _check_size(size: tuple[int, int], name: str) -> None:
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> Path:
-    """Refuse an output path before any work is done: bad suffix, missing folder, or an existing file."""
+    """Refuse an output path before any work is done: bad suffix, missing or unwritable folder, an existing file."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise InvalidInputError(f"output {path} must end in one of {', '.join(suffixes)}")
     if not path.parent.is_dir():
         raise InvalidInputError(f"output folder does not exist: {path.parent}")
+    if path.is_dir():
+        raise InvalidInputError(f"output {path} is a folder; name a file")
     if path.exists() and not overwrite:
         raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
+    check_writable(path.parent)
     return path
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a file in `folder`, so a read-only or forbidden folder is found before a long edit rather
+    than after it (permission bits alone do not tell: root ignores them, read-only mounts do not show in them)."""
+    probe = folder / f".ifedit-probe-{secrets.token_hex(8)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as error:
+        raise InvalidInputError(f"cannot write into the output folder {folder}: {error.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -126,6 +152,60 @@ def save_image(image: PIL.Image.Image, path: str | os.PathLike) -> None:
 
 
 def save_json(data: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically, pretty-printed for people reading records."""
+    """Write strict JSON atomically, pretty-printed for people reading records, with every known secret masked.
+
+    Infinite and NaN numbers become null: Python's `Infinity`/`NaN` are not JSON and break other readers."""
+    text = json.dumps(redact_data(_finite(data)), indent=2, ensure_ascii=False, default=str, allow_nan=False)
     with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        temporary.write_text(text + "\n", encoding="utf-8")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+@contextlib.contextmanager
+def staged_outputs(paths: Mapping[str, Path], folders: tuple[str, ...] = ()) -> Iterator[dict[str, Path]]:
+    """Temporaries for several outputs, moved into place together only when the block succeeds.
+
+    An edit writes an image, its record and maybe a clip and a folder of frames; an interruption, a full disk or
+    any failure must leave none of them behind, and a record beside an image must mean the edit finished. Names in
+    `folders` get a temporary folder whose files join the target folder (created if missing). The record, staged
+    last in `paths`, is moved in last. A failure to write is one line: SetupError naming the folder.
+    """
+    staged: dict[str, Path] = {}
+    try:
+        for name, path in paths.items():
+            temporary = (
+                path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp{'' if name in folders else path.suffix}"
+            )
+            if name in folders:
+                temporary.mkdir()
+            else:
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            staged[name] = temporary
+        yield staged
+        for name, temporary in staged.items():
+            if name in folders:
+                paths[name].mkdir(exist_ok=True)
+                for item in sorted(temporary.iterdir()):
+                    os.replace(item, paths[name] / item.name)
+            else:
+                os.replace(temporary, paths[name])
+    except OSError as error:
+        folder = next(iter(paths.values())).parent
+        raise SetupError(
+            f"cannot write the outputs in {folder}: {error.strerror or error}; nothing was written"
+        ) from None
+    finally:
+        for temporary in staged.values():
+            if temporary.is_dir():
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                temporary.unlink(missing_ok=True)

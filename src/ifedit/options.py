@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from .errors import InvalidInputError
 from .presets import Preset
 
 MIN_FRAMES = 5
+# Sides outside this range are refused before any model loads: below it no Wan model has a single latent patch,
+# above it one edit needs far more memory than any GPU has (the 720p models use 1280).
+MIN_SIDE_PX = 16
+MAX_SIDE_PX = 4096
+MAX_FRAMES = 1001
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1
 HistoryMode = Literal["slice", "reset"]
 PositionMode = Literal["contiguous", "original"]
 SigmaSchedule = Literal["default", "uniform"]
@@ -27,6 +35,8 @@ def check_options(
     num_inference_steps: int = 8,
     guidance_scale: float = 1.0,
     guidance_scale_2: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
     sigma_schedule: str = "default",
     tld_stride: int = 3,
     tld_threshold: float | None = None,
@@ -52,6 +62,16 @@ def check_options(
     )
     _require(num_inference_steps, "num_inference_steps", "an integer >= 1", _is_int(num_inference_steps, 1))
     _require(refine_steps, "refine_steps", "an integer >= 1 or None", refine_steps is None or _is_int(refine_steps, 1))
+    for name, value, most in (
+        ("num_frames", num_frames, MAX_FRAMES),
+        ("refine_frames", refine_frames, MAX_FRAMES),
+        ("num_inference_steps", num_inference_steps, MAX_STEPS),
+        ("refine_steps", refine_steps, MAX_STEPS),
+    ):
+        _require(value, name, f"at most {most}", value is None or value <= most)
+    for name, side in (("height", height), ("width", width)):
+        allowed = f"a whole number of pixels from {MIN_SIDE_PX} to {MAX_SIDE_PX}, or None for automatic"
+        _require(side, name, allowed, side is None or _is_int(side, MIN_SIDE_PX, MAX_SIDE_PX))
     _require(guidance_scale, "guidance_scale", "a number >= 0", _is_number(guidance_scale, 0))
     _require(
         guidance_scale_2,
@@ -81,12 +101,26 @@ def check_options(
     _require(unknown, "callback_on_step_end_tensor_inputs", f"names from {', '.join(CALLBACK_TENSORS)}", not unknown)
 
 
-def _is_int(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def check_seed(seed: Any) -> None:
+    """A seed is a whole number that torch's generators take (refused before any model loads)."""
+    allowed = f"a whole number from 0 to {MAX_SEED}, or None for a new one"
+    _require(seed, "seed", allowed, seed is None or _is_int(seed, 0, MAX_SEED))
+
+
+def _is_int(value, minimum: int, maximum: int | None = None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= minimum
+        and (maximum is None or value <= maximum)
+    )
 
 
 def _is_number(value, minimum: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum
+    """A finite real number >= minimum: inf and NaN would run and give a black image."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
+    )
 
 
 def _require(value, name: str, allowed: str, ok: bool) -> None:

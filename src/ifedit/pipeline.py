@@ -206,6 +206,8 @@ class IFEditPipeline(WanImageToVideoPipeline):
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             guidance_scale_2=guidance_scale_2,
+            height=height,
+            width=width,
             sigma_schedule=sigma_schedule,
             tld_stride=tld_stride,
             tld_threshold=tld_threshold,

@@ -1,0 +1,268 @@
+"""Attacks on the command line: keys that must never show, numbers and images that must be refused before any
+model loads, and writes that must leave either every output or none."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+
+import PIL.Image
+import pytest
+
+import ifedit.report
+from chat_server import Reply
+from ifedit.cli import main
+
+FAST = ["--steps", "2", "--frames", "5", "--height", "64", "--width", "96", "--no-refine"]
+KEY = "sk-live-0123456789abcdef"
+
+
+@pytest.fixture
+def source(tmp_path, source_image):
+    path = tmp_path / "source.png"
+    source_image.save(path)
+    return path
+
+
+@pytest.fixture
+def broken_model(tmp_path, tiny_dirs):
+    """A model folder whose weights cannot load: a check that passes with it ran before the model was loaded."""
+    folder = tmp_path / "broken-model"
+    shutil.copytree(tiny_dirs["a14b"], folder)
+    for weights in folder.rglob("*.safetensors"):
+        weights.write_bytes(b"not weights")
+    return str(folder)
+
+
+def _run(capsys, *arguments: str) -> tuple[int, str]:
+    try:
+        code = main(list(arguments))
+    except SystemExit as exit:  # argparse's own refusals
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _files(folder) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels in a few dozen bytes (its pixel data is cut short)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _gif_header(width: int, height: int) -> bytes:
+    return (
+        b"GIF89a"
+        + struct.pack("<HHBBB", width, height, 0, 0, 0)
+        + b"\x2c"
+        + struct.pack("<HHHHB", 0, 0, width, height, 0)
+        + b"\x02\x02\x44\x01\x00\x3b"
+    )
+
+
+def test_abbreviated_key_option_is_refused_and_its_value_never_shown(tmp_path, source, capsys):
+    for spelling in (["--vlm-api-k", KEY], [f"--vlm-api-ke={KEY}"], ["--judge-api-k", KEY]):
+        command = "prompt" if "vlm" in spelling[0] else "bench"
+        arguments = (
+            [command, str(source), "x", *spelling] if command == "prompt" else ["bench", "score", "d", *spelling]
+        )
+        code, output = _run(capsys, *arguments)
+        assert code == 2, output
+        assert KEY not in output and "***" in output, output
+        assert len(output.strip().splitlines()) == 1
+
+
+def test_key_echoed_by_the_server_is_masked_in_output_and_record(tmp_path, source, tiny_dirs, chat_server, capsys):
+    # The server rejects the key and quotes it back, as some gateways do.
+    echo = {"error": {"message": f"invalid key: Bearer {KEY}"}}
+    chat_server.replies = [Reply(401, echo), Reply(500, echo), Reply(500, echo), Reply(500, echo)]
+    output = tmp_path / "o.png"
+    code, printed = _run(
+        capsys, "edit", str(source), "the square slides right", "-o", str(output), "--model", tiny_dirs["a14b"],
+        *FAST, "--vlm-base-url", chat_server.url, "--vlm-api-model", "m", "--vlm-api-key", KEY,
+    )  # fmt: skip
+    assert code == 0, printed
+    assert chat_server.requests and chat_server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
+    everything = printed + "".join(path.read_text(errors="replace") for path in tmp_path.rglob("*") if path.is_file()
+                                   and path.suffix in (".json", ".txt"))  # fmt: skip
+    assert KEY not in everything
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert "***" in json.dumps(record["prompt_enhancement"]["fallbacks"]) and "***" in record["argv"]
+
+
+def test_key_from_the_environment_is_masked_too(tmp_path, source, chat_server, capsys, monkeypatch):
+    monkeypatch.setenv("IFEDIT_VLM_API_KEY", KEY)
+    chat_server.replies = [Reply(403, {"error": {"message": f"key {KEY} is revoked"}})]
+    code, printed = _run(capsys, "prompt", str(source), "the square slides right", "--vlm-base-url", chat_server.url,
+                         "--vlm-api-model", "m", "--json")  # fmt: skip
+    assert code == 0 and chat_server.requests
+    assert KEY not in printed and "***" in printed
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--guidance", "inf"),
+        ("--guidance", "nan"),
+        ("--guidance-2", "-inf"),
+        ("--lora-scale", "nan"),
+        ("--refine-strength", "nan"),
+        ("--tld-threshold", "NaN"),
+        ("--first-block-cache", "inf"),
+        ("--vlm-timeout", "inf"),
+        ("--seed", "99999999999999999999"),
+        ("--seed", "-1"),
+        ("--height", "0"),
+        ("--height", "-16"),
+        ("--width", "100000"),
+        ("--frames", "100001"),
+        ("--steps", "5000"),
+        ("--refine-steps", "0"),
+    ],
+)
+def test_bad_number_is_refused_before_the_model_loads(tmp_path, source, broken_model, option, value, capsys):
+    output = tmp_path / "o.png"
+    code, printed = _run(capsys, "edit", str(source), "melt", "-o", str(output), "--model", broken_model,
+                         f"{option}={value}")  # fmt: skip
+    assert code == 2, printed
+    assert len(printed.strip().splitlines()) == 1 and "error:" in printed
+    assert re.search(r"seed|height|width|frames|steps|number", printed), printed
+    assert not output.exists()
+
+
+def test_bench_run_refuses_a_bad_seed_before_anything(tmp_path, broken_model, capsys):
+    code, printed = _run(capsys, "bench", "run", "--benchmark", "tedbench", "--data", str(tmp_path), "--out",
+                         str(tmp_path / "run"), "--model", broken_model, "--seed", str(2**70))  # fmt: skip
+    assert code == 2 and "seed must be a whole number" in printed
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("bomb.png", _png_header(30000, 30000)),
+        ("wide.png", _png_header(1_000_000, 200)),
+        ("warning_zone.png", _png_header(10000, 10000)),
+        ("bomb.gif", _gif_header(65535, 65535)),
+    ],
+)
+def test_decompression_bomb_is_a_bad_image(tmp_path, broken_model, name, data, capsys):
+    bomb = tmp_path / name
+    bomb.write_bytes(data)
+    assert bomb.stat().st_size < 2000
+    for arguments in (
+        ["edit", str(bomb), "melt", "-o", str(tmp_path / "o.png"), "--model", broken_model],
+        ["prompt", str(bomb), "melt"],
+    ):
+        code, printed = _run(capsys, *arguments)
+        assert code == 2, printed
+        assert len(printed.strip().splitlines()) == 1 and "too large" in printed, printed
+        assert "Error" not in printed  # no exception class names
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_unwritable_output_folder_is_found_before_the_model_loads(tmp_path, source, broken_model, capsys):
+    # /proc/self is a folder that nobody, root included, can create files in.
+    code, printed = _run(capsys, "edit", str(source), "melt", "-o", "/proc/self/edited.png", "--model", broken_model)
+    assert code == 2 and "cannot write into the output folder /proc/self" in printed, printed
+    frames = _run(capsys, "edit", str(source), "melt", "-o", str(tmp_path / "o.png"), "--model", broken_model,
+                  "--save-frames", "/proc/self/frames")  # fmt: skip
+    assert frames[0] == 2 and "cannot write into the output folder /proc/self" in frames[1]
+
+
+def _limit_file_size():
+    # A file-size limit fails writes past it with EFBIG, as a full disk fails them with ENOSPC.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+
+def test_full_disk_leaves_neither_image_nor_record(tmp_path, source, tiny_dirs):
+    out = tmp_path / "out"
+    out.mkdir()
+    completed = subprocess.run(
+        [sys.executable, "-m", "ifedit", "edit", str(source), "the square slides right", "-o", str(out / "o.png"),
+         "--model", tiny_dirs["a14b"], *FAST, "--save-frames", str(out / "frames"), "--prompt-enhancer", "template"],
+        capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert "nothing was written" in lines[-1] and "Traceback" not in completed.stderr
+    assert _files(out) == []
+
+
+def test_interrupt_while_saving_frames_leaves_nothing(tmp_path, source, tiny_dirs, capsys, monkeypatch):
+    written = []
+
+    def save_then_interrupt(frames, folder, prefix):
+        written.extend(real_save_frames(frames, folder, prefix)[:2])
+        raise KeyboardInterrupt  # Ctrl-C halfway through the frames
+
+    real_save_frames = ifedit.report.save_frames
+    monkeypatch.setattr(ifedit.report, "save_frames", save_then_interrupt)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, printed = _run(capsys, "edit", str(source), "the square slides right", "-o", str(out / "o.png"), "--model",
+                         tiny_dirs["a14b"], *FAST, "--save-frames", str(out / "frames"))  # fmt: skip
+    assert code == 130 and written, printed
+    assert "were not written" in printed
+    assert _files(out) == []
+
+
+def test_control_characters_in_the_instruction_reach_neither_prompt_nor_terminal(tmp_path, source, tiny_dirs, capsys):
+    output = tmp_path / "o.png"
+    instruction = "the square\x1b[2J\x1b]0;owned\x07 slides\x00 right\r\x9b31m"
+    code, printed = _run(capsys, "edit", str(source), instruction, "-o", str(output), "--model", tiny_dirs["a14b"],
+                         *FAST)  # fmt: skip
+    assert code == 0, printed
+    record = json.loads(output.with_suffix(".json").read_text())
+    for text in (record["prompt"], record["instruction"]):
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), repr(text)
+    for sequence in ("\x1b[2J", "\x1b]0", "\x07", "\x00", "\x9b"):  # progress bars' own \r and \x1b[A are fine
+        assert sequence not in printed, repr(printed)
+    assert "the square" in record["prompt"] and "slides" in record["prompt"]
+
+
+def test_records_are_strict_json(tmp_path):
+    from ifedit.io import save_json
+
+    path = tmp_path / "record.json"
+    save_json({"sharpness": {"0": float("nan"), "1": float("inf")}, "scale": [float("-inf"), 1.5]}, path)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads(text, parse_constant=refuse) == {"sharpness": {"0": None, "1": None}, "scale": [None, 1.5]}
+
+
+def test_outputs_get_the_umask_mode_not_a_private_one(tmp_path, source, tiny_dirs):
+    old = os.umask(0o022)
+    try:
+        assert main(["edit", str(source), "melt", "-o", str(tmp_path / "o.png"), "--model", tiny_dirs["a14b"],
+                     *FAST, "-q"]) == 0  # fmt: skip
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "o.json").stat().st_mode & 0o777 == 0o644
+    assert PIL.Image.open(tmp_path / "o.png").size == (96, 64)
