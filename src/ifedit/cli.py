@@ -200,6 +200,13 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> 
     sampling.add_argument("--width", type=int, help="video width in px")
     sampling.add_argument("--guidance", type=finite_float, help="guidance scale of the high-noise expert (paper: 1.0)")
     sampling.add_argument("--guidance-2", type=finite_float, help="guidance scale of the low-noise expert")
+    sampling.add_argument(
+        "--edit-position",
+        type=finite_float,
+        metavar="F",
+        help="how far along the clip to read the edit, in (0, 1]: 1 (default) is its end, the full edit; 0.5 "
+        "reads the frames halfway, a partial edit (the record says which frame was used)",
+    )
 
     dropout = parser.add_argument_group("temporal latent dropout")
     dropout.add_argument(
@@ -613,6 +620,7 @@ def _edit_settings(preset: Preset, args: argparse.Namespace) -> dict:
     return edit_settings(preset, **given)
 
 
+        edit_position=args.edit_position,
 def _load_options(args: argparse.Namespace):
     from .loading import LoadOptions
 

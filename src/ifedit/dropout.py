@@ -7,21 +7,39 @@ I2V condition (mask + image latent), the TI2V first-frame mask, and a multistep 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
 
 
-def kept_frame_indices(num_frames: int, stride: int) -> list[int]:
-    """Latent frames that survive dropout: {0, K, 2K, ...} plus always the last one, F - 1."""
+def kept_frame_indices(num_frames: int, stride: int, also: Sequence[int] = ()) -> list[int]:
+    """Latent frames that survive dropout: {0, K, 2K, ...} plus always the last one, F - 1, and any in `also`
+    (the frame an edit position asks for, so it is denoised rather than dropped)."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if stride < 1:
         raise ValueError(f"stride must be at least 1, got {stride}")
-    kept = list(range(0, num_frames, stride))
-    if kept[-1] != num_frames - 1:
-        kept.append(num_frames - 1)
-    return kept
+    if any(not 0 <= index < num_frames for index in also):
+        raise ValueError(f"frames to keep must lie in [0, {num_frames}), got {list(also)}")
+    return sorted({*range(0, num_frames, stride), num_frames - 1, *also})
+
+
+def position_latent_frame(num_frames: int, position: float) -> int:
+    """The latent frame nearest to `position` along a clip of `num_frames` latent frames (0: the source, 1: the
+    last frame), halves rounded up so 0.5 of an even span lands on the later frame."""
+    return math.floor(position * (num_frames - 1) + 0.5)
+
+
+def clip_frame_index(frame: int, kept: Sequence[int] | None, temporal_scale: int) -> int:
+    """A pixel frame of a decoded (possibly thinned) clip, numbered as in the whole clip before dropout.
+
+    Latent frame 0 decodes to pixel frame 0 and latent frame j >= 1 to pixel frames (j-1)T+1 ... jT, so a thinned
+    clip's frames sit where their latent frame was in the whole clip."""
+    if frame == 0 or kept is None:
+        return frame
+    latent, within = divmod(frame - 1, temporal_scale)
+    return (kept[latent + 1] - 1) * temporal_scale + 1 + within
 
 
 def dropout_step(timesteps: Sequence[float] | torch.Tensor, threshold_timestep: float) -> int | None:

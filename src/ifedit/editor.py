@@ -92,6 +92,12 @@ class Editor:
             },
             "result": {
                 "selected_index": result.selected_index,
+                "selected_clip_frame": result.selected_clip_frame,
+                "edit_position": {
+                    "requested": result.edit_position,
+                    "used": result.edit_position_used,
+                    "latent_frame": result.edit_latent_frame,
+                },
                 "sharpness": result.sharpness,
                 "kept_latent_frames": result.kept_latent_frames,
                 "refine_selected_index": result.refine_selected_index,

@@ -46,6 +46,7 @@ def check_options(
     refine_steps: int | None = None,
     refine_strength: float = 1.0,
     decode_frames: str = "all",
+    edit_position: float = 1.0,
     output_type: str = "pil",
     callback_on_step_end_tensor_inputs: tuple[str, ...] = (),
     **_: Any,
@@ -96,6 +97,20 @@ def check_options(
         _is_number(refine_strength, 0) and 0 < refine_strength <= 1,
     )
     _require(decode_frames, "decode_frames", " or ".join(DECODE_MODES), decode_frames in DECODE_MODES)
+    _require(
+        edit_position,
+        "edit_position",
+        "a fraction of the clip in (0, 1] (1: its end, the paper's edit)",
+        _is_number(edit_position, 0) and 0 < edit_position <= 1,
+    )
+    # Wan's VAE packs 4 frames per latent frame after the first; the pipeline repeats this with its own VAE's factor.
+    latent_span = (num_frames - 1) // 4
+    _require(
+        edit_position,
+        "edit_position",
+        f"at least {0.5 / max(latent_span, 1):.3g} for {num_frames} frames (lower falls on the source frame itself)",
+        latent_span == 0 or math.floor(edit_position * latent_span + 0.5) > 0,
+    )
     _require(output_type, "output_type", ", ".join(OUTPUT_TYPES), output_type in OUTPUT_TYPES)
     unknown = [name for name in callback_on_step_end_tensor_inputs if name not in CALLBACK_TENSORS]
     _require(unknown, "callback_on_step_end_tensor_inputs", f"names from {', '.join(CALLBACK_TENSORS)}", not unknown)
@@ -140,6 +155,7 @@ EDIT_DEFAULTS: dict[str, Any] = {
     "refine_steps": None,
     "refine_strength": 1.0,
     "decode_frames": "all",
+    "edit_position": 1.0,
 }
 
 

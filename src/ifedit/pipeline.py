@@ -24,9 +24,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from .dropout import (
+    clip_frame_index,
     dropout_step,
     kept_frame_indices,
     original_positions,
+    position_latent_frame,
     reset_scheduler_history,
     slice_frames,
     slice_scheduler_history,
@@ -34,7 +36,7 @@ from .dropout import (
 from .errors import InvalidInputError
 from .io import validate_image
 from .options import DecodeMode, HistoryMode, PositionMode, SigmaSchedule, check_options
-from .sharpness import candidate_frames, laplacian_variance, sharpest
+from .sharpness import laplacian_variance, latent_frame_candidates, sharpest
 from .sizes import fit_size, round_frames
 
 DEFAULT_REFINE_PROMPT = (
@@ -50,7 +52,11 @@ class IFEditPipelineOutput(BaseOutput):
     """The edited image and how it was chosen.
 
     Frame indices count pixel frames of the clip they refer to: `selected_index` and `sharpness` the main clip's,
-    `refine_selected_index` and `refine_sharpness` the refinement clip's (None when refinement is off).
+    `refine_selected_index` and `refine_sharpness` the refinement clip's (None when refinement is off). After
+    temporal latent dropout the decoded clip is the thinned one (`kept_latent_frames`), so these indices count its
+    frames; `selected_clip_frame` is the chosen frame numbered as in the whole clip of `num_frames` frames.
+    `edit_latent_frame` is the latent frame the candidates came from (in the whole clip's numbering), and
+    `edit_position_used` its place along the clip (the requested `edit_position`, snapped to a latent frame).
     """
 
     image: PIL.Image.Image | np.ndarray | torch.Tensor
@@ -67,6 +73,10 @@ class IFEditPipelineOutput(BaseOutput):
     refine_kept_latent_frames: list[int] | None = None
     frames: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
     refine_frames: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    edit_position: float = 1.0
+    edit_position_used: float = 1.0
+    edit_latent_frame: int | None = None
+    selected_clip_frame: int | None = None
 
 
 @dataclass
@@ -147,6 +157,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         refine_steps: int | None = None,
         refine_strength: float = 1.0,
         decode_frames: DecodeMode = "all",
+        edit_position: float = 1.0,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         max_sequence_length: int = 512,
@@ -186,6 +197,9 @@ class IFEditPipeline(WanImageToVideoPipeline):
             decode_frames: "all" decodes every kept latent frame; "needed" decodes only the last two (the earlier
                 one primes the causal VAE's cache) when no clip is returned, since the candidates come from the
                 last one. Faster; the decoded candidates differ slightly from a whole-clip decode.
+            edit_position: how far along the clip the edit is read, in (0, 1]: the candidates are the frames decoded
+                from the latent frame nearest to this fraction of the clip (1, the paper's choice: the last). That
+                latent frame is kept through temporal latent dropout. Lower values give a partial edit.
             generator: torch generator for reproducible noise; the refinement pass draws from it after the edit.
             latents: initial noise for the edit pass, shape (1, C, F, H/8, W/8).
             max_sequence_length: text-encoder tokens (Wan uses 512).
@@ -217,6 +231,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
             refine_steps=refine_steps,
             refine_strength=refine_strength,
             decode_frames=decode_frames,
+            edit_position=edit_position,
             output_type=output_type,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
@@ -224,6 +239,13 @@ class IFEditPipeline(WanImageToVideoPipeline):
         frames_per_latent = self.vae_scale_factor_temporal
         num_frames = round_frames(num_frames, frames_per_latent)
         refine_frames = num_frames if refine_frames is None else round_frames(refine_frames, frames_per_latent)
+        num_latent_frames = (num_frames - 1) // frames_per_latent + 1
+        edit_latent_frame = position_latent_frame(num_latent_frames, edit_position)
+        if edit_latent_frame == 0:
+            raise InvalidInputError(
+                f"edit_position {edit_position:g} falls on the source frame of a {num_frames}-frame clip: use at "
+                f"least {0.5 / (num_latent_frames - 1):.3g}"
+            )
         height, width = fit_size(image.size, height, width, max_area, self.size_multiple, self.largest_side)
         self._check_positions(height, width, max(num_frames, refine_frames))
         guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
@@ -268,6 +290,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
                 _row(embeds, 0),
                 _row(negative_embeds, 0),
                 num_frames=num_frames,
+                latent_frame=edit_latent_frame,
                 strength=1.0,
                 latents=latents,
                 timer=timer,
@@ -286,6 +309,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
                     _row(embeds, 1),
                     _row(negative_embeds, 1),
                     num_frames=refine_frames,
+                    latent_frame=None,
                     strength=refine_strength,
                     latents=None,
                     timer=timer,
@@ -314,6 +338,10 @@ class IFEditPipeline(WanImageToVideoPipeline):
             refine_kept_latent_frames=refined.kept if refined else None,
             frames=self._postprocess(clip.video, output_type) if return_frames else None,
             refine_frames=self._postprocess(refined.video, output_type) if return_frames and refined else None,
+            edit_position=edit_position,
+            edit_position_used=edit_latent_frame / (num_latent_frames - 1),
+            edit_latent_frame=edit_latent_frame,
+            selected_clip_frame=clip_frame_index(clip.selected, clip.kept, frames_per_latent),
         )
 
     def _generate(
@@ -324,13 +352,15 @@ class IFEditPipeline(WanImageToVideoPipeline):
         negative_prompt_embeds,
         *,
         num_frames: int,
+        latent_frame: int | None,
         strength: float,
         timer: _StageTimer,
         prefix: str,
         decode_all: bool,
         **denoise,
     ) -> _Clip:
-        """One pass: denoise a clip that starts at `first_frame`, decode it, score and pick its late frames."""
+        """One pass: denoise a clip that starts at `first_frame`, decode it, score the frames of `latent_frame`
+        (None: the last) and pick the sharpest."""
         device = self._execution_device
         height, width = first_frame.shape[-2:]
         with timer(prefix + "image_encoding"):
@@ -345,21 +375,29 @@ class IFEditPipeline(WanImageToVideoPipeline):
             height=height,
             width=width,
             num_frames=num_frames,
+            keep_latent_frame=latent_frame,
             strength=strength,
             timer=timer,
             prefix=prefix,
             **denoise,
         )
+        # The candidates' latent frame in the denoised (possibly thinned) sequence.
+        if latent_frame is None:
+            target = latents.shape[2] - 1
+        else:
+            target = latent_frame if kept is None else kept.index(latent_frame)
         with timer(prefix + "decode"):
-            skipped = 0 if decode_all else max(latents.shape[2] - 2, 0)
-            video = self._decode(latents[:, :, skipped:])
+            # Without a clip to return, only the target and the frame before it (which primes the causal VAE's
+            # cache) are decoded.
+            skipped = 0 if decode_all else max(target - 1, 0)
+            video = self._decode(latents[:, :, skipped : None if decode_all else target + 1])
         with timer(prefix + "select"):
-            candidates = candidate_frames(video.shape[2], self.vae_scale_factor_temporal)
-            frames = (video[0, :, candidates].transpose(0, 1) / 2 + 0.5).clamp(0, 1)
             # Frame numbers always count from the start of the whole decoded clip.
             offset = skipped * self.vae_scale_factor_temporal
+            candidates = latent_frame_candidates(target, self.vae_scale_factor_temporal)
+            frames = (video[0, :, [index - offset for index in candidates]].transpose(0, 1) / 2 + 0.5).clamp(0, 1)
             values = laplacian_variance(frames).tolist()
-            scores = {offset + index: score for index, score in zip(candidates, values, strict=True)}
+            scores = dict(zip(candidates, values, strict=True))
         return _Clip(video=video, kept=kept, scores=scores, selected=sharpest(scores), offset=offset)
 
     def _denoise(
@@ -372,6 +410,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
         height: int,
         width: int,
         num_frames: int,
+        keep_latent_frame: int | None,
         num_inference_steps: int,
         guidance_scale: float,
         guidance_scale_2: float,
@@ -431,7 +470,8 @@ class IFEditPipeline(WanImageToVideoPipeline):
                 self._current_timestep = t
                 if i == drop_at:
                     # SPEC step 3, before this step's model call: every frame-indexed tensor at once.
-                    kept = kept_frame_indices(num_latent_frames, tld_stride)
+                    also = () if keep_latent_frame is None else (keep_latent_frame,)
+                    kept = kept_frame_indices(num_latent_frames, tld_stride, also)
                     latents = slice_frames(latents, kept, num_latent_frames)
                     condition = slice_frames(condition, kept, num_latent_frames)
                     if first_frame_mask is not None:

@@ -31,6 +31,16 @@ def candidate_frames(num_frames: int, temporal_scale: int) -> list[int]:
     return list(range(max(1, num_frames - temporal_scale), num_frames))
 
 
+def latent_frame_candidates(latent_frame: int, temporal_scale: int) -> list[int]:
+    """Pixel frames decoded from latent frame `latent_frame` >= 1 of a causal video VAE: (j-1)T+1 ... jT.
+
+    The candidates of an edit read earlier than the clip's end (`edit_position` below 1)."""
+    if latent_frame < 1:
+        raise ValueError(f"latent frame 0 decodes to the source frame alone, not candidates; got {latent_frame}")
+    first = (latent_frame - 1) * temporal_scale + 1
+    return list(range(first, first + temporal_scale))
+
+
 def sharpest(scores: dict[int, float]) -> int:
     """The frame index with the highest score; ties go to the later frame, which is further into the edit."""
     return max(scores, key=lambda index: (scores[index], index))
