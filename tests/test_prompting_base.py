@@ -53,8 +53,10 @@ def test_clean_response_joins_lines_and_list_items_into_one_paragraph():
     assert clean_response(raw) == "The dog bends its legs it lowers its body. it sits. In the final frame it sits."
 
 
-def test_clean_response_drops_control_and_replacement_characters():
-    assert clean_response("a\x00b\x1b\ufffdc\u200b") == "a b c"
+def test_clean_response_drops_escape_sequences_control_and_replacement_characters():
+    assert clean_response("a\x00b\x1b\ufffdc\u200b") == "ab c"
+    answer = "The dog \x1b[31msits\x1b[0m down.\x1b]0;pwned\x07 \u202eIt stays\u202c still."
+    assert clean_response(answer) == "The dog sits down. It stays still."
 
 
 @pytest.mark.parametrize(

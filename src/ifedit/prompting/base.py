@@ -13,6 +13,7 @@ from typing import Any, Literal
 import PIL.Image
 
 from ..errors import InvalidInputError, SetupError
+from ..redact import redact, redact_data, safe_text, strip_control
 
 InputKind = Literal["instruction", "target"]
 INPUT_KINDS: tuple[str, ...] = ("instruction", "target")
@@ -21,6 +22,11 @@ DEFAULT_LOCAL_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 # The model the paper used; about 60 GB in bfloat16.
 PAPER_LOCAL_MODEL = "Qwen/Qwen3-VL-30B-A3B-Instruct"
 MAX_TEXT_CHARS = 2000
+# An answer to a 400-token request fits easily; a longer one is a misbehaving server, refused before cleaning (whose
+# patterns would be slow on megabytes) and before it can swell a record or the cache.
+MAX_ANSWER_CHARS = 16_000
+# Longest one-line message, in case a server's text reaches it whole.
+MAX_MESSAGE_CHARS = 1000
 # Wan's umT5 text encoder reads at most 512 tokens; longer prompts are cut off mid-sentence by the pipeline.
 MAX_PROMPT_TOKENS = 512
 # Plenty for a VLM to see the scene; keeps API requests small and local vision token counts bounded.
@@ -30,7 +36,13 @@ TokenCounter = Callable[[str], int]
 
 
 class EnhancementError(SetupError):
-    """A prompt backend could not produce a usable prompt (unreachable, refused, bad answer); one-line message."""
+    """A prompt backend could not produce a usable prompt (unreachable, refused, bad answer).
+
+    Messages quote servers and exceptions, so each is made one line here, with keys masked and control codes
+    removed, whatever raised it."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message, MAX_MESSAGE_CHARS))
 
 
 @dataclass(frozen=True)
@@ -57,26 +69,31 @@ class PromptResult:
     cached: bool = False
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-able dict for result records."""
-        return {
-            "prompt": self.prompt,
-            "text": self.text,
-            "input_kind": self.input_kind,
-            "backend": self.backend,
-            "model": self.model,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "cached": self.cached,
-            "raw_response": self.raw_response,
-            "instructions_version": self.instructions_version,
-            "fallbacks": [{"backend": item.backend, "reason": item.reason} for item in self.fallbacks],
-        }
+        """A JSON-able dict for result records, with every registered key masked."""
+        return redact_data(
+            {
+                "prompt": self.prompt,
+                "text": self.text,
+                "input_kind": self.input_kind,
+                "backend": self.backend,
+                "model": self.model,
+                "elapsed_s": round(self.elapsed_s, 3),
+                "cached": self.cached,
+                "raw_response": self.raw_response,
+                "instructions_version": self.instructions_version,
+                "fallbacks": [{"backend": item.backend, "reason": item.reason} for item in self.fallbacks],
+            }
+        )
 
 
 def check_text(text: str) -> str:
-    """Return the user's text stripped, or raise InvalidInputError saying what is allowed."""
+    """Return the user's text on one line with single spaces, or raise InvalidInputError saying what is allowed.
+
+    Every backend and the template put this text into a prompt, and records and the terminal show it, so escape
+    codes, control and bidirectional-override characters are refused here rather than passed on."""
     if not isinstance(text, str):
         raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-    text = text.strip()
+    text = " ".join(text.split())
     if not text:
         raise InvalidInputError(
             "text is empty: give an edit instruction ('make the dog sit') or a target description "
@@ -84,6 +101,12 @@ def check_text(text: str) -> str:
         )
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidInputError(f"text is too long: {len(text)} characters (at most {MAX_TEXT_CHARS})")
+    for position, char in enumerate(text):
+        if strip_control(char) != char:
+            raise InvalidInputError(
+                f"text holds the control character U+{ord(char):04X} at position {position}; "
+                "escape codes, control and bidirectional-override characters are not allowed"
+            )
     return text
 
 
@@ -95,8 +118,10 @@ def check_kind(kind: str) -> InputKind:
 
 
 def one_line(message: str, limit: int = 300) -> str:
-    """Collapse a message (server body, exception text) to one line of bounded length."""
-    message = " ".join(str(message).split())
+    """Collapse a message (server body, exception text) to one safe line of bounded length.
+
+    Keys are masked before the cut, so a key cut in half never survives as a prefix."""
+    message = " ".join(safe_text(message).split())
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
@@ -122,9 +147,14 @@ _EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
 _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„": "“"}
 
 
+def recordable(raw: str) -> str:
+    """A raw answer as records and the cache keep it: keys masked, escape and control codes removed, lines kept."""
+    return strip_control(redact(raw), keep_newlines=True)
+
+
 def clean_response(raw: str) -> str:
     """Reduce a VLM answer to the bare prompt: no reasoning, markdown, headings, bullets, labels or quotes."""
-    text = _THINK_BLOCK.sub(" ", raw)
+    text = _THINK_BLOCK.sub(" ", strip_control(raw, keep_newlines=True))
     lowered = text.lower()
     if "</think>" in lowered:  # the opening tag may sit in the chat template rather than the answer
         text = text[lowered.rindex("</think>") + len("</think>") :]

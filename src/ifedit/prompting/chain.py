@@ -17,6 +17,7 @@ from . import api
 from .base import (
     DEFAULT_LOCAL_MODEL,
     ENHANCER_CHOICES,
+    MAX_ANSWER_CHARS,
     EnhancementError,
     Fallback,
     InputKind,
@@ -26,6 +27,7 @@ from .base import (
     check_text,
     clean_response,
     fit_tokens,
+    recordable,
     rejection_reason,
     vlm_view,
 )
@@ -126,8 +128,13 @@ class _Enhancer:
             except EnhancementError as error:
                 reason = str(error)
             else:
-                prompt = clean_response(raw)
-                reason = rejection_reason(prompt, text)
+                # The answer is server- or model-made text: masked and stripped before it is cleaned or kept.
+                raw = recordable(raw)
+                if len(raw) > MAX_ANSWER_CHARS:
+                    reason = f"{len(raw)} characters long, more than the {MAX_ANSWER_CHARS} an answer may have"
+                else:
+                    prompt = clean_response(raw)
+                    reason = rejection_reason(prompt, text)
                 if reason is None:
                     if self.cache:
                         self.cache.put(key, prompt, raw, time.perf_counter() - start)
