@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http
 import json
 import threading
 import time
@@ -14,19 +15,43 @@ GOOD_ANSWER = (
     "camera does not move. In the final frame a red triangle sits where the square was."
 )
 KEY = "sk-test-123"
+# A trickling reply stops by itself after this long, so no test leaves a thread writing.
+MAX_TRICKLE_S = 20.0
 
 
 @dataclass
 class Reply:
-    """One scripted answer: an HTTP status, a body, extra headers and a delay before answering."""
+    """One scripted answer: an HTTP status, a body, extra headers and a delay before answering.
+
+    `length=False` leaves out Content-Length (the body ends when the connection closes); `trickle` > 0 sends the
+    reply one byte per `trickle` seconds, from its status line or, with `trickle_from="body"`, after the headers."""
 
     status: int = 200
     body: bytes | str | dict | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    length: bool = True
+    trickle: float = 0.0
+    trickle_from: str = "status"
+
+    def encoded(self) -> tuple[bytes, bytes]:
+        """The status line with headers, and the body, as they go on the wire."""
+        payload = self.body if self.body is not None else completion(GOOD_ANSWER)
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        if isinstance(payload, str):
+            payload = payload.encode()
+        try:
+            phrase = http.HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = "Whatever"
+        lines = [f"HTTP/1.0 {self.status} {phrase}", "Content-Type: application/json", "Connection: close"]
+        lines += [f"Content-Length: {len(payload)}"] if self.length else []
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode(), payload
 
 
-def completion(content: str) -> dict:
+def completion(content: object) -> dict:
     return {
         "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
@@ -49,21 +74,20 @@ class ChatServer:
                     server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                     reply = server.replies.pop(0) if server.replies else Reply()
                 time.sleep(reply.delay)
-                payload = reply.body if reply.body is not None else completion(GOOD_ANSWER)
-                if isinstance(payload, dict):
-                    payload = json.dumps(payload)
-                if isinstance(payload, str):
-                    payload = payload.encode()
+                head, payload = reply.encoded()
+                wire = head + payload
+                at_once = len(wire) if not reply.trickle else len(head) if reply.trickle_from == "body" else 0
+                give_up = time.monotonic() + MAX_TRICKLE_S
                 try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self.wfile.write(wire[:at_once])
+                    for index in range(at_once, len(wire)):
+                        if time.monotonic() > give_up:
+                            break
+                        time.sleep(reply.trickle)
+                        self.wfile.write(wire[index : index + 1])
+                        self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up on a deliberately slow reply
+                    pass  # the client gave up on a deliberately slow or large reply
 
             def log_message(self, *args):
                 pass
@@ -75,3 +99,11 @@ class ChatServer:
 
     def payload(self, index: int = -1) -> dict:
         return json.loads(self.requests[index]["body"])
+
+    def __enter__(self) -> ChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
