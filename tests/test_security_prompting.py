@@ -176,6 +176,18 @@ def test_terminal_codes_from_the_server_never_reach_records_or_logs(chat_server,
         assert not any(char in text for char in DANGEROUS)
 
 
+def test_lone_surrogates_from_the_server_never_break_records_or_the_cache(chat_server, image, key, tmp_path):
+    # JSON may spell characters that UTF-8 cannot encode; printing or saving them would raise.
+    chat_server.replies = [Reply(400, json.dumps({"error": {"message": "bad \udc00 request"}}))]
+    failed = ask(chat_server, image, key)
+    chat_server.replies = [Reply(body=json.dumps(completion(GOOD_ANSWER + "\ud800")))]
+    answered = ask(chat_server, image, key, use_cache=True, cache_dir=tmp_path)
+    assert "bad request" in fallback_reason(failed) and answered.backend == "api"
+    for result in (failed, answered):
+        json.dumps(result.to_record(), ensure_ascii=False).encode("utf-8")
+    assert ask(chat_server, image, key, use_cache=True, cache_dir=tmp_path).cached
+
+
 @pytest.mark.parametrize("trickle_from", ["status", "body"])
 def test_trickling_server_cannot_hold_the_call_past_its_budget(chat_server, image, key, trickle_from):
     # A byte every 0.3 s beats a 1 s per-read timeout for ever; the call has 3 attempts x 1 s in all.
