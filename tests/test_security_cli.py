@@ -228,18 +228,24 @@ def test_interrupt_while_saving_frames_leaves_nothing(tmp_path, source, tiny_dir
     assert _files(out) == []
 
 
-def test_control_characters_in_the_instruction_reach_neither_prompt_nor_terminal(tmp_path, source, tiny_dirs, capsys):
+@pytest.mark.parametrize("option", ["instruction", "--prompt"])
+def test_control_characters_in_typed_text_are_refused(tmp_path, source, broken_model, option, capsys):
     output = tmp_path / "o.png"
-    instruction = "the square\x1b[2J\x1b]0;owned\x07 slides\x00 right\r\x9b31m"
-    code, printed = _run(capsys, "edit", str(source), instruction, "-o", str(output), "--model", tiny_dirs["a14b"],
-                         *FAST)  # fmt: skip
-    assert code == 0, printed
-    record = json.loads(output.with_suffix(".json").read_text())
-    for text in (record["prompt"], record["instruction"]):
-        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), repr(text)
-    for sequence in ("\x1b[2J", "\x1b]0", "\x07", "\x00", "\x9b"):  # progress bars' own \r and \x1b[A are fine
-        assert sequence not in printed, repr(printed)
-    assert "the square" in record["prompt"] and "slides" in record["prompt"]
+    hostile = "the square\x1b[2J\x1b]0;owned\x07 slides\x00 right"
+    text = ["melt", "--prompt", hostile] if option == "--prompt" else [hostile]
+    code, printed = _run(capsys, "edit", str(source), *text, "-o", str(output), "--model", broken_model)
+    assert code == 2 and f"{option}: text holds the control character U+001B" in printed, printed
+    assert len(printed.strip().splitlines()) == 1
+    for sequence in ("\x1b", "\x07", "\x00"):
+        assert sequence not in printed
+    assert not output.exists()
+
+
+def test_joiners_in_typed_text_are_kept(tmp_path, source, tiny_dirs):
+    output = tmp_path / "o.png"
+    instruction = "the square turns into 👩\u200d🚀 (می\u200cخواهم)"
+    assert main(["edit", str(source), instruction, "-o", str(output), "--model", tiny_dirs["a14b"], *FAST, "-q"]) == 0
+    assert json.loads(output.with_suffix(".json").read_text())["instruction"] == instruction
 
 
 def test_records_are_strict_json(tmp_path):

@@ -421,7 +421,7 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser, input_kind: bool = Tr
         type=finite_float,
         default=30.0,
         metavar="S",
-        help="seconds per request; with 2 retries a dead server costs at most about 3 times this",
+        help="seconds per request; the whole call, retries included, takes at most 3 times this",
     )
     group.add_argument("--no-cache", action="store_true", help="ask the VLM again instead of reusing its answer")
     group.add_argument(
@@ -697,11 +697,16 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _user_text(text: str, name: str) -> str:
-    """An instruction or prompt typed by a user: control characters (a pasted escape sequence, a NUL) removed."""
-    text = strip_control(text).strip()
-    if not text:
+    """An instruction or ready prompt as the prompt stage takes it: control characters (a pasted escape sequence,
+    a NUL) are refused, as every other way in refuses them, rather than passed to the model and the record."""
+    from .prompting.base import check_text
+
+    if not text.strip():
         raise InvalidInputError(f"{name} must not be empty")
-    return text
+    try:
+        return check_text(text)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{name}: {error}") from None
 
 
 def _write_frames(result, folder: Path) -> None:

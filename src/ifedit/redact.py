@@ -20,10 +20,11 @@ MIN_SECRET_CHARS = 6
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
-# ANSI/VT escape sequences (CSI, OSC, and two-byte escapes), then any remaining C0/C1 control or format character.
+# ANSI/VT escape sequences (CSI, OSC, and two-byte escapes), then any remaining C0/C1 control character, and the
+# invisible characters that reorder or hide text. Zero-width (non-)joiners stay: Persian, Hindi and emoji need them.
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])|\x9b[0-?]*[ -/]*[@-~]")
 # Lone surrogates (from JSON escapes or undecodable bytes) are not text: UTF-8 output cannot encode them.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def register_secret(value: str | None) -> None:
