@@ -614,13 +614,13 @@ def _edit_settings(preset: Preset, args: argparse.Namespace) -> dict:
         refine_steps=args.refine_steps,
         refine_strength=args.refine_strength,
         decode_frames=args.decode,
+        edit_position=args.edit_position,
     )
     if args.fast:  # the shortcuts fill in what was not given explicitly
         given.update({name: value for name, value in FAST_SETTINGS.items() if given[name] is None})
     return edit_settings(preset, **given)
 
 
-        edit_position=args.edit_position,
 def _load_options(args: argparse.Namespace):
     from .loading import LoadOptions
 
