@@ -1,0 +1,403 @@
+"""`ifedit serve` on the toy world: OpenAI's client edits through it, jobs run and stop, and every bad request,
+missing key or overload gets OpenAI's error shape with the right status (servers bind 127.0.0.1 on free ports)."""
+
+import base64
+import contextlib
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import PIL.Image
+import pytest
+
+from ifedit.cli import EXIT_INPUT, EXIT_SETUP, build_parser, main
+from ifedit.errors import InvalidInputError
+from ifedit.loading import LoadOptions
+from ifedit.presets import get_preset
+from ifedit.serve.app import ServeConfig, Service, bind, uvicorn_server
+from ifedit.serve.backends import LocalBackend
+from ifedit.serve.command import build_service
+from ifedit.serve.form import parse_form
+from ifedit.serve.replica import EditReplica, prompt_options
+from ifedit.toyworld.scenes import render_frame, sample_case
+
+# Short edits: two denoising steps of a five-frame clip, as the server's defaults (requests may change them).
+FAST = ("--model", "toyworld", "--steps", "2", "--frames", "5", "--prompt-enhancer", "template")
+KEY = "test-key-0123456789abcdef"
+SLOW_STEPS = "400"  # an edit that runs far longer than any test waits for it
+
+
+def serve_args(*options: str):
+    return build_parser().parse_args(["serve", *FAST, *options])
+
+
+@contextlib.contextmanager
+def running(service: Service, wait_ready: bool = True):
+    """Serve `service` on a free loopback port in a thread; yields its base URL; always shuts it down."""
+    listening = bind("127.0.0.1", 0)
+    server = uvicorn_server(service)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started or (wait_ready and not service.ready):
+            assert time.monotonic() < deadline and thread.is_alive(), service.failure
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One model, one edit at a time and one waiting: two requests in the server at most."""
+    service = build_service(serve_args("--queue-size", "1", "--timeout", "120"))
+    with running(service) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def scene() -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(render_frame(sample_case(1_000_003), 0.0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post_edit(url: str, scene: bytes, path: str = "/v1/images/edits", files=None, **fields) -> httpx.Response:
+    files = {"image": ("scene.png", scene, "image/png")} if files is None else files
+    data = {"prompt": "slide the red square left", **fields}
+    return httpx.post(url + path, files=files, data=data, timeout=120)
+
+
+def error_of(response: httpx.Response) -> dict:
+    """The OpenAI error object of a response, checked for its shape."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def wait_for(url: str, job_id: str, done, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/v1/edits/{job_id}").json()
+        if done(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached the state waited for: {job}")
+
+
+def test_openai_client_edits_and_gets_the_same_pixels_as_base64_and_as_url(server, scene):
+    client = openai.OpenAI(base_url=server + "/v1", api_key="not-checked", max_retries=0)
+    image = ("scene.png", scene, "image/png")
+    answer = client.images.edit(image=image, prompt="slide the red square left", n=2, extra_body={"seed": 5})
+    assert len(answer.data) == 2 and answer.created > 0
+    records = [item.model_extra["ifedit"] for item in answer.data]
+    # n images run n consecutive seeds with the server's default settings, and each record says so.
+    assert [record["seed"] for record in records] == [5, 6]
+    assert all(record["settings"]["num_inference_steps"] == 2 for record in records)
+    assert records[0]["instruction"] == "slide the red square left" and records[0]["source"]["path"] == "scene.png"
+    assert (
+        answer.data[0].revised_prompt == records[0]["prompt"] and "slide the red square left" in records[0]["prompt"]
+    )
+    pngs = [base64.b64decode(item.b64_json) for item in answer.data]
+    assert PIL.Image.open(io.BytesIO(pngs[0])).size == (64, 64) and pngs[0] != pngs[1]
+
+    linked = client.images.edit(
+        image=image, prompt="slide the red square left", response_format="url", extra_body={"seed": 6}
+    )
+    assert linked.data[0].b64_json is None and linked.data[0].url.startswith(server + "/v1/files/")
+    assert httpx.get(linked.data[0].url).content == pngs[1]  # same seed, same pixels, whichever way they travel
+    name = linked.data[0].url.rsplit("/", 1)[1]
+    assert len(name) >= 43  # 256 random bits: nobody finds another user's result by guessing
+
+
+def test_a_job_reports_progress_and_ends_with_the_edit(server, scene):
+    created = post_edit(server, scene, "/v1/edits", seed="4", steps="3")
+    assert created.status_code == 202 and created.headers["location"] == f"/v1/edits/{created.json()['id']}"
+    assert created.json()["status"] in ("queued", "running")
+    job = wait_for(server, created.json()["id"], lambda job: job["status"] not in ("queued", "running"))
+    assert job["status"] == "succeeded" and job["error"] is None
+    assert job["progress"] == {"step": 3, "total": 3, "stage": "edit"}
+    [item] = job["result"]["data"]
+    assert item["ifedit"]["seed"] == 4 and item["ifedit"]["settings"]["num_inference_steps"] == 3
+    assert PIL.Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).format == "PNG"
+
+
+def test_a_cancelled_job_stops_at_once_and_frees_the_model(server, scene):
+    created = post_edit(server, scene, "/v1/edits", steps=SLOW_STEPS).json()
+    running_job = wait_for(server, created["id"], lambda job: job["progress"]["step"] >= 1)
+    assert running_job["status"] == "running" and running_job["progress"]["total"] == int(SLOW_STEPS)
+    cancelled = httpx.delete(f"{server}/v1/edits/{created['id']}", timeout=30).json()
+    assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
+    assert cancelled["result"] is None
+    # The model is free again: the next edit does not wait for the cancelled one's hundreds of steps.
+    start = time.monotonic()
+    assert post_edit(server, scene).status_code == 200
+    assert time.monotonic() - start < 60
+    assert httpx.get(f"{server}/v1/edits/{created['id']}").json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"prompt": "  "}, "prompt must not be empty"),
+        ({"steps": "abc"}, "argument --steps: invalid int value: 'abc'"),
+        ({"steps": "0"}, "num_inference_steps must be an integer >= 1, got 0"),
+        ({"tld_history": "forget"}, "argument --tld-history: invalid choice: 'forget'"),
+        ({"refine": "maybe"}, "refine must be true or false, got 'maybe'"),
+        ({"size": "large"}, "size must be WIDTHxHEIGHT in px (e.g. 832x480) or auto, got 'large'"),
+        ({"size": "4096x4096"}, "size 4096x4096 is too large for this server"),
+        ({"frames": "999"}, "num_frames must be at most 68 on this server, got 999"),
+        ({"n": "9"}, "n must be between 1 and 4, got 9"),
+        ({"response_format": "xml"}, "response_format must be b64_json or url, got 'xml'"),
+        ({"model": "dall-e-2"}, "model must be 'toyworld' (see GET /v1/models), got 'dall-e-2'"),
+        ({"seed": "-1"}, "seed must be between 0 and"),
+        ({"quality": "high"}, "unknown field 'quality'"),
+        # Options naming servers, files or devices belong to the operator: a request that tries is refused.
+        ({"vlm_base_url": "http://elsewhere.invalid/v1"}, "unknown field 'vlm_base_url'"),
+        ({"model_path": "/etc"}, "unknown field 'model_path'"),
+    ],
+)
+def test_bad_fields_get_the_clis_message_as_an_openai_400(server, scene, fields, message):
+    response = post_edit(server, scene, **fields)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert message in error["message"] and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, "image is required"),
+        ({"image": ("notes.txt", b"not a picture", "text/plain")}, "not an image file: notes.txt"),
+        ({"image": ("dot.png", None, "image/png")}, "dot.png is too small: 8x8 px"),
+        ({"image": ("bomb.png", None, "image/png")}, "bomb.png is too large"),
+        ({"image": ("../../etc/passwd", b"x", "image/png")}, "not an image file: passwd"),
+        ({"mask": ("mask.png", b"x", "image/png")}, "mask is not supported"),
+    ],
+)
+def test_bad_images_get_an_openai_400(server, scene, files, message):
+    if "image" in files and files["image"][1] is None:  # built here: a real tiny PNG, or a huge declared size
+        name = files["image"][0]
+        files = {"image": (name, _png_header(30_000, 30_000) if name == "bomb.png" else _png(8, 8), "image/png")}
+    elif "mask" in files:
+        files = {"image": ("scene.png", scene, "image/png"), **files}
+    response = post_edit(server, scene, files=files)
+    assert response.status_code == 400 and message in error_of(response)["message"]
+
+
+def test_the_official_client_sees_the_error_message(server, scene):
+    client = openai.OpenAI(base_url=server + "/v1", api_key="not-checked", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.edit(image=("scene.png", scene, "image/png"), prompt="x", size="1x")
+    assert raised.value.status_code == 400 and raised.value.body["message"].startswith("size must be WIDTHxHEIGHT")
+
+
+def test_an_upload_over_the_limit_gets_413_before_it_is_read(server, scene):
+    oversize = b"\0" * (51 * 2**20)
+    declared = post_edit(server, scene, files={"image": ("big.png", oversize, "image/png")})
+    assert declared.status_code == 413 and error_of(declared)["code"] == "file_too_large"
+
+    def chunks():  # a well-formed form without Content-Length: counted as it arrives
+        yield b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
+        for _ in range(52):
+            yield b"\0" * 2**20
+
+    streamed = httpx.post(
+        server + "/v1/images/edits",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=x"},
+        timeout=60,
+    )
+    assert streamed.status_code == 413 and error_of(streamed)["code"] == "file_too_large"
+
+
+def test_unknown_jobs_and_routes_get_openai_404s(server):
+    assert error_of(httpx.get(server + "/v1/edits/edit_nothing"))["code"] == "job_not_found"
+    assert error_of(httpx.delete(server + "/v1/edits/edit_nothing"))["code"] == "job_not_found"
+    assert error_of(httpx.get(server + "/v1/files/../../etc/passwd"))["code"] in ("not_found", "file_not_found")
+    assert error_of(httpx.get(server + "/v1/files/made-up.png"))["code"] == "file_not_found"
+    assert httpx.get(server + "/v1/nothing").status_code == 404
+
+
+def test_models_health_and_metrics(server):
+    models = httpx.get(server + "/v1/models").json()
+    assert [model["id"] for model in models["data"]] == ["toyworld"] and models["object"] == "list"
+    assert httpx.get(server + "/health").json() == {"status": "ok", "model": "toyworld"}
+    metrics = httpx.get(server + "/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("ifedit_requests_total", "ifedit_queue_length", "ifedit_edit_seconds", "ifedit_failures_total"):
+        assert name in metrics.text
+
+
+def test_a_burst_larger_than_the_queue_gets_only_successes_and_429s(server, scene):
+    before = _metric(server, "ifedit_rejected_total")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post_edit(server, scene), range(8)))
+    statuses = [answer.status_code for answer in answers]
+    assert len(statuses) == 8 and set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 1 and statuses.count(429) >= 1
+    for answer in answers:
+        if answer.status_code == 429:
+            assert error_of(answer)["code"] == "queue_full" and int(answer.headers["retry-after"]) >= 1
+        else:
+            assert answer.json()["data"][0]["b64_json"]
+    assert _metric(server, "ifedit_rejected_total") - before == statuses.count(429)
+
+
+def test_with_a_key_only_requests_that_send_it_get_in(scene):
+    with running(build_service(serve_args("--api-key", KEY))) as url:
+        missing = httpx.get(url + "/v1/models")
+        wrong = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer " + KEY[:-1]})
+        posted = post_edit(url, scene)
+        assert [missing.status_code, wrong.status_code, posted.status_code] == [401, 401, 401]
+        assert error_of(missing)["code"] == "missing_api_key" and error_of(wrong)["code"] == "invalid_api_key"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert httpx.get(url + "/metrics").status_code == 401
+        assert httpx.get(url + "/health").status_code == 200  # load balancers probe without the key
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        assert [model.id for model in client.models.list()] == ["toyworld"]
+        for response in (missing, wrong, posted):
+            assert KEY[:-1] not in response.text
+
+
+def test_health_says_503_until_the_model_has_loaded_and_deadlines_give_504(scene):
+    args = serve_args("--timeout", "3")
+    loaded = threading.Event()
+
+    def replica():
+        loaded.wait(60)
+        return EditReplica(get_preset("toyworld"), LoadOptions(device="cpu"), prompt_options(args))
+
+    service = Service(LocalBackend(replica), ServeConfig(preset=get_preset("toyworld"), defaults=args, timeout=3))
+    with running(service, wait_ready=False) as url:
+        health = httpx.get(url + "/health")
+        assert health.status_code == 503 and health.json() == {"status": "loading"} and health.headers["retry-after"]
+        early = post_edit(url, scene)
+        assert early.status_code == 503 and error_of(early)["code"] == "model_not_ready"
+        loaded.set()
+        while not service.ready:
+            time.sleep(0.05)
+        assert httpx.get(url + "/health").status_code == 200
+        late = post_edit(url, scene, steps=SLOW_STEPS)
+        assert late.status_code == 504 and error_of(late)["code"] == "deadline_exceeded"
+        assert "3 s" in error_of(late)["message"]
+
+
+def test_listening_beyond_loopback_needs_a_long_key(capsys, monkeypatch):
+    monkeypatch.delenv("IFEDIT_SERVE_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--model", "toyworld"]) == EXIT_INPUT
+    assert "IFEDIT_SERVE_API_KEY" in capsys.readouterr().err
+    assert main(["serve", "--api-key", "short", "--model", "toyworld"]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "at least 16 characters" in err and "short" not in err
+    assert main(["serve", "--replicas", "3", "--max-replicas", "2", "--model", "toyworld"]) == EXIT_INPUT
+
+
+def test_a_taken_port_and_a_model_that_cannot_load_end_with_one_line(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", *FAST, "--port", port]) == EXIT_SETUP
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text(json.dumps({}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert main(["serve", "--model", str(broken), "--port", port]) == EXIT_SETUP
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ifedit: error:")]
+    assert len(lines) == 1 and "Traceback" not in lines[0]
+
+
+def test_request_settings_override_the_servers_defaults():
+    preset = get_preset("toyworld")
+    defaults = serve_args("--fast", "--height", "48", "--width", "64", "--seed", "9")
+    request = parse_form({"prompt": "x"}, preset, defaults, "toyworld")
+    assert request.settings["refine_frames"] == 5 and request.settings["decode_frames"] == "needed"  # --fast
+    assert (request.settings["height"], request.settings["width"], request.seeds) == (48, 64, (9,))
+    request = parse_form(
+        {"prompt": "x", "fast": "false", "size": "auto", "refine": "true", "n": "2"}, preset, defaults, "toyworld"
+    )
+    assert request.settings["refine_frames"] is None and request.settings["refine"] is True
+    assert (request.settings["height"], request.settings["width"], request.seeds) == (None, None, (9, 10))
+    request = parse_form({"prompt": "x", "size": "80x48", "video_prompt": " ready "}, preset, defaults, "toyworld")
+    assert (request.settings["width"], request.settings["height"], request.video_prompt) == (80, 48, "ready")
+    with pytest.raises(InvalidInputError, match="video_prompt must not be empty"):
+        parse_form({"prompt": "x", "video_prompt": " "}, preset, defaults, "toyworld")
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.new("RGB", (width, height), "red").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a huge size in a few bytes: a decompression bomb's opening."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def ray_cluster():
+    """A two-CPU Ray cluster of this test's own, shut down afterwards whatever happens."""
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_killing_a_ray_replica_during_a_burst_loses_no_accepted_request(ray_cluster, scene):
+    with running(build_service(serve_args("--replicas", "2", "--queue-size", "2"))) as url:
+        jobs = [post_edit(url, scene, "/v1/edits", steps="8", seed=str(seed)) for seed in range(4)]
+        assert [job.status_code for job in jobs] == [202] * 4
+        ids = [job.json()["id"] for job in jobs]
+        deadline = time.monotonic() + 120
+        while sum(_job(url, job_id)["progress"]["step"] >= 1 for job_id in ids) < 2:  # both replicas are editing
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        replicas = [
+            actor["name"]
+            for actor in ray_cluster.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith("SERVE_REPLICA::ifedit#")
+        ]
+        assert len(replicas) == 2
+        ray_cluster.kill(ray_cluster.get_actor(replicas[0], namespace="serve"), no_restart=True)
+        finished = [wait_for(url, job_id, lambda job: job["status"] not in ("queued", "running")) for job_id in ids]
+        assert [job["status"] for job in finished] == ["succeeded"] * 4, [job["error"] for job in finished]
+        assert [job["result"]["data"][0]["ifedit"]["seed"] for job in finished] == [0, 1, 2, 3]
+        assert _metric(url, "ifedit_retries_total") >= 1  # the killed replica's edit ran again elsewhere
+
+
+def _job(url: str, job_id: str) -> dict:
+    return httpx.get(f"{url}/v1/edits/{job_id}").json()
