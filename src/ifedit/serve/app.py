@@ -20,7 +20,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol
@@ -49,16 +49,19 @@ IMAGE_FIELDS = ("image", "image[]")  # OpenAI's client names a list of images "i
 MAX_KEPT_JOBS = 256  # finished jobs kept for polling (each may hold its images)
 LOADING_RETRY_SECONDS = 10
 GRACE_SECONDS = 10  # how long a stopping server waits for requests in flight before cancelling them
+DISCONNECT_POLL_SECONDS = 1.0  # how often a request waiting for its edit checks that its client is still there
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 # Jobs end in one of these; "queued" and "running" before.
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class Backend(Protocol):
+    """Where edits run (see `backends`): loaded by `start`, each request's events from `stream`."""
+
     max_replicas: int
 
     async def start(self) -> None: ...
-    def stream(self, request: EditRequest): ...
+    def stream(self, request: EditRequest) -> AsyncIterator[Event]: ...
     async def close(self) -> None: ...
 
 
@@ -137,15 +140,15 @@ class Service:
         )
         self.capacity = backend.max_replicas * (1 + config.queue_size)
         self.admission = threading.BoundedSemaphore(self.capacity)
-        self.workdir = Path(tempfile.mkdtemp(prefix="ifedit-serve-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="ifedit-serve-"))  # private to this user (mode 0700)
         self.uploads = self.workdir / "uploads"
-        self.uploads.mkdir()
-        self.files = ResultFiles(config.url_ttl)
+        self.uploads.mkdir(mode=0o700)
+        self.files = ResultFiles(self.workdir / "results", config.url_ttl)
         self.jobs: dict[str, Job] = {}
         self.ready = False
         self.failure: str | None = None
         self.on_failure: Callable[[], None] | None = None  # the server stops when the model cannot load
-        self.started = int(time.time())
+        self.started_at = int(time.time())
         self._last_seconds = 1.0
 
     # Life cycle.
@@ -155,8 +158,8 @@ class Service:
         try:
             await self.backend.start()
         except Exception as error:
-            self.failure = str(error) if isinstance(error, IFEditError) else f"{type(error).__name__}: {error}"
-            self.failure = safe_text(self.failure.splitlines()[0] if self.failure else type(error).__name__)
+            text = str(error) if isinstance(error, IFEditError) else f"{type(error).__name__}: {error}"
+            self.failure = safe_text((text.strip().splitlines() or [type(error).__name__])[0])
             logger.error("the model could not be loaded: %s", self.failure)
             if self.on_failure is not None:
                 self.on_failure()
@@ -165,12 +168,11 @@ class Service:
         logger.info("%s loaded: ready for edits", self.config.model)
 
     async def close(self) -> None:
-        running = [job.task for job in self.jobs.values() if job.task is not None and not job.task.done()]
+        running = [job.task for job in self.active]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await self.backend.close()
-        self.files.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # Checks every request passes.
@@ -215,7 +217,8 @@ class Service:
             images, fields = [], {}
             for name, value in form.multi_items():
                 if name == "mask":
-                    raise ApiError(400, "mask is not supported: IF-Edit changes the whole image as told", "mask", name)
+                    message = "mask is not supported: IF-Edit changes the whole image as the prompt says"
+                    raise ApiError(400, message, "unsupported_field", name)
                 if isinstance(value, UploadFile) != (name in IMAGE_FIELDS):
                     kind = "a file upload" if name in IMAGE_FIELDS else "text, not a file"
                     raise ApiError(400, f"{name} must be {kind}", "invalid_field", name)
@@ -226,7 +229,8 @@ class Service:
                 else:
                     fields[name] = value
             if len(images) != 1:
-                raise ApiError(400, "image is required: one image file per request", "invalid_image", "image")
+                message = f"one image per request, got {len(images)}" if images else "image is required (a file)"
+                raise ApiError(400, message, "invalid_image", "image")
             edit = parse_form(fields, self.config.preset, self.config.defaults, self.config.model)
             image, source = await asyncio.to_thread(self._load_upload, images[0])
             return dataclasses.replace(edit, image=image, source=source)
@@ -265,7 +269,8 @@ class Service:
     def keep_job(self, job: Job) -> None:
         """Make a job pollable, forgetting finished ones past their lifetime (or the oldest, past MAX_KEPT_JOBS)."""
         now = time.monotonic()
-        finished = sorted((job for job in self.jobs.values() if job.finished_at is not None), key=_finish_time)
+        finished = [job for job in self.jobs.values() if job.finished_at is not None]
+        finished.sort(key=lambda job: job.finished_at)
         for index, old in enumerate(finished):
             if now - old.finished_at > self.config.url_ttl or len(finished) - index > MAX_KEPT_JOBS:
                 del self.jobs[old.id]
@@ -344,10 +349,6 @@ def upload_name(filename: str | None) -> str:
     return safe_text(name)[:100] or "upload"
 
 
-def _finish_time(job: Job) -> float:
-    return job.finished_at or 0.0
-
-
 class BodyLimit:
     """Refuse bodies larger than an upload may be with 413, before reading them (declared) or while (chunked)."""
 
@@ -407,7 +408,8 @@ def build_app(service: Service) -> FastAPI:
         try:
             yield
         finally:
-            await asyncio.wait([loading])
+            loading.cancel()  # a server stopped while loading stops waiting for the load
+            await asyncio.gather(loading, return_exceptions=True)
             await service.close()
 
     # No documentation pages: they load scripts from a CDN, and the API is OpenAI's.
@@ -439,7 +441,11 @@ def build_app(service: Service) -> FastAPI:
         service.authorize(request)
         service.require_ready()
         job = await _admitted_job(service, request)
-        await job.task
+        while not job.task.done():
+            # A client that gave up (timed out, went away) frees its place instead of waiting for an unread edit.
+            await asyncio.wait([job.task], timeout=DISCONNECT_POLL_SECONDS)
+            if not job.task.done() and await request.is_disconnected():
+                await service.cancel(job)
         if job.error is not None:
             raise job.error
         return JSONResponse(job.result)
@@ -467,7 +473,7 @@ def build_app(service: Service) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         service.authorize(request)
-        model = {"id": service.config.model, "object": "model", "created": service.started, "owned_by": "ifedit"}
+        model = {"id": service.config.model, "object": "model", "created": service.started_at, "owned_by": "ifedit"}
         return JSONResponse({"object": "list", "data": [model]})
 
     @app.get("/v1/files/{name}")
@@ -510,6 +516,25 @@ def bind(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as error:
         raise SetupError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def serving(service: Service, listening: socket.socket, wait_ready: bool = True) -> Iterator[str]:
+    """Serve in a thread of this process (tests, benchmarks, notebooks) until the block ends; yields the base URL
+    once the server listens and, with `wait_ready`, once the model has loaded."""
+    server = uvicorn_server(service)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    host, port = listening.getsockname()[:2]
+    try:
+        while not server.started or (wait_ready and not service.ready):
+            if not thread.is_alive():
+                raise SetupError(f"the server stopped: {service.failure or 'see its log'}")
+            time.sleep(0.05)
+        yield f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 def uvicorn_server(service: Service) -> uvicorn.Server:

@@ -69,6 +69,7 @@ class RayBackend:
         self.max_replicas = plan.max_replicas
         self.handle = None
         self._started_ray = False
+        self._deployed = False  # only an application this server deployed is deleted when it stops
 
     async def start(self) -> None:
         await asyncio.to_thread(self._deploy)
@@ -114,6 +115,7 @@ class RayBackend:
             **scaling,
         )(EditReplica)
         logger.info("Ray Serve: %d %s replicas", self.plan.replicas, "GPU" if gpus else "CPU")
+        self._deployed = True
         try:
             self.handle = serve.run(
                 deployment.bind(*self.plan.replica_args, threads), name=APP_NAME, route_prefix=None
@@ -152,11 +154,12 @@ class RayBackend:
         await asyncio.to_thread(self._shut_down)
 
     def _shut_down(self) -> None:
-        if self.handle is None and not self._started_ray:
+        if not (self._deployed or self._started_ray):
             return
         ray, serve = import_ray_serve()
-        with contextlib.suppress(Exception):  # a cluster already gone has nothing left to delete
-            serve.delete(APP_NAME)
+        if self._deployed:
+            with contextlib.suppress(Exception):  # a cluster already gone has nothing left to delete
+                serve.delete(APP_NAME)
         if self._started_ray:
             serve.shutdown()
             ray.shutdown()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,9 +13,10 @@ NAME_BYTES = 32  # 256 random bits: a name cannot be guessed, so the URL itself 
 class ResultFiles:
     """PNG files the server wrote, looked up by name only among those it wrote and has not yet expired."""
 
-    def __init__(self, ttl: float):
+    def __init__(self, folder: Path, ttl: float):
         self.ttl = ttl
-        self.folder = Path(tempfile.mkdtemp(prefix="ifedit-serve-"))  # private to this user (mode 0700)
+        self.folder = folder
+        folder.mkdir(mode=0o700)
         self._expires: dict[str, float] = {}
 
     def add(self, png: bytes) -> str:
@@ -41,7 +40,3 @@ class ResultFiles:
         for name in [name for name, expires in self._expires.items() if expires <= now]:
             del self._expires[name]
             (self.folder / name).unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self._expires.clear()
-        shutil.rmtree(self.folder, ignore_errors=True)
