@@ -11,6 +11,7 @@ import torch
 
 from chat_server import ChatServer
 from ifedit import IFEditPipeline
+from ifedit.prompting import chain
 from ifedit.tiny import VARIANTS, tiny_components
 
 # A 2:3 source keeps the default size search honest (64x96 px at the tiny presets' area).
@@ -65,6 +66,7 @@ def clean_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IFEDIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # the test server is local even where a proxy is configured
+    monkeypatch.setattr(chain, "_NOTED", set())  # each test sees the once-per-process notices afresh
 
 
 @pytest.fixture

@@ -260,3 +260,16 @@ def test_save_video_without_the_video_extra_says_what_to_install(tmp_path, sourc
     assert _edit(source, output, tiny_dirs["a14b"], "--save-video") == 1
     assert "pip install 'ifedit[video]'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [source]
+
+
+def test_toyworld_gets_its_template_without_a_vlm_notice(tmp_path, capsys):
+    from ifedit.toyworld.files import write_sample
+
+    write_sample(1_000_001, tmp_path / "scene", None, False)
+    output = tmp_path / "o.png"
+    assert main(["edit", str(tmp_path / "scene" / "source.png"), "the red circle moves left", "-o", str(output),
+                 "--model", "toyworld"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "VLM" not in err and "wrote" in err
+    enhancement = json.loads(output.with_suffix(".json").read_text())["prompt_enhancement"]
+    assert enhancement["backend"] == "template" and enhancement["fallbacks"] == []

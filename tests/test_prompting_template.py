@@ -74,7 +74,7 @@ def test_camera_moves_only_when_asked(text, moves):
     assert template_prompt(text, "instruction").startswith("Static camera") is not moves
 
 
-def test_auto_without_a_vlm_uses_the_template_and_says_so(image, caplog):
+def test_auto_without_a_vlm_uses_the_template_and_says_so_once(image, caplog, monkeypatch):
     result = enhance(image, "make the dog sit")
     assert result.backend == "template" and result.model is None and result.raw_response is None
     assert result.prompt == template_prompt("make the dog sit", "instruction")
@@ -83,6 +83,10 @@ def test_auto_without_a_vlm_uses_the_template_and_says_so(image, caplog):
     assert note.backend == "auto" and note.reason.startswith("no VLM configured")
     [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert warning.name == "ifedit" and "no VLM configured" in warning.getMessage()
+    assert "--vlm-base-url" in warning.getMessage() and "--vlm MODEL" in warning.getMessage()
+    again = enhance(image, "make the ice melt")
+    assert again.fallbacks == result.fallbacks  # still recorded with every result, but said only once
+    assert len([record for record in caplog.records if record.levelno == logging.WARNING]) == 1
     with pytest.raises(EnhancementError, match="^no VLM configured"):
         enhance(image, "make the dog sit", strict=True)
 

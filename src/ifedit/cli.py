@@ -491,7 +491,7 @@ def _enhance(args: argparse.Namespace, image, text: str, device: str | None = No
         image,
         text,
         kind=args.input_kind,
-        enhancer=args.prompt_enhancer,
+        enhancer=_enhancer_for(args),
         vlm_model=args.vlm,
         api_base_url=args.vlm_base_url,
         api_model=args.vlm_api_model,
@@ -501,6 +501,17 @@ def _enhance(args: argparse.Namespace, image, text: str, device: str | None = No
         strict=args.strict_prompt,
         device=device,
     )
+
+
+def _enhancer_for(args: argparse.Namespace) -> str:
+    """The prompt backend to ask for: the toy world was trained on the offline template's wording, so with no VLM
+    named it gets the template, without the notice that a real model would want a VLM."""
+    from .prompting.api import configured_base_url
+
+    model = getattr(args, "model", None)
+    if args.prompt_enhancer != "auto" or not model or args.vlm or configured_base_url(args.vlm_base_url):
+        return args.prompt_enhancer
+    return "template" if resolve_model(model).name == "toyworld" else "auto"
 
 
 def _prompt(args: argparse.Namespace) -> int:

@@ -39,6 +39,10 @@ from .template import TEMPLATE_VERSION, template_prompt
 logger = logging.getLogger("ifedit")
 
 
+# Notices already logged by this process; every result still records its own fallbacks.
+_NOTED: set[str] = set()
+
+
 class PromptCase(NamedTuple):
     """One image and the user's words about it; a plain (image, text, kind) tuple works the same."""
 
@@ -68,8 +72,8 @@ def _plan(enhancer: str, vlm_model: str | None, api_base_url: str | None) -> _Pl
     if vlm_model:
         return _Plan(("local",), "template", ())
     reason = (
-        f"no VLM configured (set {api.ENV_BASE_URL} or pass api_base_url for a server, or name a local VLM); "
-        "the prompt is the offline template"
+        f"no VLM configured (a server: --vlm-base-url URL or ${api.ENV_BASE_URL}; a local model: --vlm MODEL; "
+        "from Python: api_base_url or vlm_model); the prompt is the offline template"
     )
     return _Plan((), "template", (Fallback("auto", reason),))
 
@@ -234,7 +238,9 @@ def enhance_many(
     if plan.notes:
         if strict:
             raise EnhancementError(plan.notes[0].reason)
-        logger.warning("prompt enhancement: %s", plan.notes[0].reason)
+        if plan.notes[0].reason not in _NOTED:  # a web page or a server enhances per request: say it once
+            _NOTED.add(plan.notes[0].reason)
+            logger.warning("prompt enhancement: %s", plan.notes[0].reason)
     cache = PromptCache(cache_dir) if use_cache else None
     runner = _Enhancer(plan, settings, vlm_model or DEFAULT_LOCAL_MODEL, device, cache, strict, count_tokens)
     try:
