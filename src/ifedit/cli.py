@@ -316,6 +316,12 @@ def _add_bench_parsers(commands) -> None:
     run.add_argument("--limit", type=int, help="only the first N cases (after --categories)")
     run.add_argument("--categories", help="comma-separated categories or edit types to run, e.g. causal_reasoning")
     run.add_argument(
+        "--allow-outside-data",
+        action="store_true",
+        help="let the listing name images outside --data (after following links); refused by default, so a "
+        "downloaded listing cannot send other files of this machine to a prompt server or into a report",
+    )
+    run.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -935,6 +941,7 @@ def _bench_run(args: argparse.Namespace) -> int:
         limit=args.limit,
         categories=tuple(name.strip() for name in (args.categories or "").split(",") if name.strip()),
         argv=tuple(args.argv),
+        allow_outside_data=args.allow_outside_data,
     )
     from .loading import check_placement
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import SetupError
@@ -91,7 +92,8 @@ class _Worker:
 
 def _schedule(ray, new_worker: Callable[[], Any], tasks: Sequence[Task], count: int) -> Iterator[Outcome]:
     """Start the workers; hand each ready, idle one the next case until the queue is empty; requeue the case of a
-    worker that died. A worker is given cases only once its `ready` says it started."""
+    worker that died. A worker is given cases only once its `ready` says it started. A case's source is decoded
+    as it is handed out, so only the cases in flight hold pixels; one that cannot be decoded fails alone."""
     queue = deque((task, 1) for task in tasks)
     idle: list[Any] = []
     running: dict[Any, tuple[Any, Task | None, int]] = {}  # a start is a running call without a task
@@ -106,9 +108,14 @@ def _schedule(ray, new_worker: Callable[[], Any], tasks: Sequence[Task], count: 
     try:
         while queue or any(task is not None for _, task, _ in running.values()):
             while queue and idle:
-                worker = idle.pop()
                 task, attempt = queue.popleft()
-                running[worker.run.remote(task)] = (worker, task, attempt)
+                try:
+                    shipped = replace(task, source=task.pixels())
+                except Exception as error:  # noqa: BLE001 - one bad source must not end a run of hundreds
+                    yield Outcome(task.case, None, None, *describe_error(error))
+                    continue
+                worker = idle.pop()
+                running[worker.run.remote(shipped)] = (worker, task, attempt)
             if not running:
                 raise SetupError("every Ray worker died; see the failure records and the Ray logs")
             [ready], _ = ray.wait(list(running), num_returns=1)

@@ -6,18 +6,21 @@ DIR/images/...          the benchmark's layout: RISEBench {category}/{index}.png
                         ByteMorph {edit_type}/{name}.png as [input | output], TEdBench {id}.png
 DIR/records/{id}.json   how the case was made, as `ifedit edit` records it; present only once the image is written
 DIR/failures/{id}.json  the error of a case that failed (removed when a later run finishes it)
-DIR/.lock               the process id and host of the run writing into DIR, while it runs
+DIR/.lock               the process id and host of the run writing into DIR, locked (flock) while it runs
 ```
+Every name in it is checked (`cases.safe_name`) and every write lands inside DIR even where a link was planted.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import fcntl
 import os
 import socket
+import stat
 import traceback
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +28,50 @@ import PIL.Image
 
 from ..errors import InvalidInputError
 from ..io import save_image, save_json
-from .cases import EditCase
+from ..redact import strip_control
+from .cases import EditCase, read_json, safe_name
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 SUBFOLDERS = ("images", "records", "failures")
+LOCK_ATTEMPTS = 20  # each retry means a run released the lock meanwhile; this many in a row means something is wrong
 
 
 def output_relpath(case: EditCase) -> Path:
-    """Where the benchmark's scorer expects this case's output, relative to the run folder."""
+    """Where the benchmark's scorer expects this case's output, relative to the run folder; every part is checked,
+    since a case rebuilt from a record in the folder is as untrusted as a listing."""
     if case.benchmark == "risebench":
-        return Path("images", case.category, f"{case.key}.png")
-    if case.benchmark == "bytemorph":
-        return Path("images", case.category, f"{Path(case.key).name}.png")
-    if case.benchmark == "imgedit":
-        return Path("images", f"{case.key}.png")
-    return Path("images", f"{case.id}.png")
+        parts = (case.category, case.key)
+    elif case.benchmark == "bytemorph":
+        parts = (case.category, case.key.rpartition("/")[2])
+    elif case.benchmark == "imgedit":
+        parts = (case.key,)
+    else:
+        parts = (case.id,)
+    *folders, stem = (safe_name(part, f"case {case.id!r}:") for part in parts)
+    return Path("images", *folders, f"{stem}.png")
+
+
+def record_relpath(case_id: str) -> Path:
+    return Path("records", f"{safe_name(case_id, 'case id')}.json")
+
+
+def failure_relpath(case_id: str) -> Path:
+    return Path("failures", f"{safe_name(case_id, 'case id')}.json")
+
+
+def check_distinct(cases: Iterable[EditCase]) -> None:
+    """Refuse two cases that would write one file, before any edit: a rerun would then take both for finished.
+    Names are compared as case-insensitive, Unicode-normalising filesystems (macOS, Windows) compare them."""
+    seen: dict[str, EditCase] = {}
+    for case in cases:
+        for relative in (output_relpath(case), record_relpath(case.id)):
+            other = seen.setdefault(unicodedata.normalize("NFC", relative.as_posix()).casefold(), case)
+            if other is not case:
+                raise InvalidInputError(
+                    f"{case.benchmark} cases {other.key!r} and {case.key!r} would write one file, {relative} (names "
+                    "are compared ignoring case); rename one of them in the listing"
+                )
 
 
 def compose_output(case: EditCase, source: PIL.Image.Image, edited: PIL.Image.Image) -> PIL.Image.Image:
@@ -67,19 +98,37 @@ class RunFolder:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
+        self._lock_handle: int | None = None
 
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
 
     def output(self, case: EditCase) -> Path:
-        return self.root / output_relpath(case)
+        return self._inside(output_relpath(case))
 
     def record_path(self, case_id: str) -> Path:
-        return self.root / "records" / f"{case_id}.json"
+        return self._inside(record_relpath(case_id))
 
     def failure_path(self, case_id: str) -> Path:
-        return self.root / "failures" / f"{case_id}.json"
+        return self._inside(failure_relpath(case_id))
+
+    def _inside(self, relative: Path) -> Path:
+        """`relative` under the run folder, refused when a link on the way leads out of it. The file itself may be a
+        link: writes replace it (temporary file and rename), and reads take it for no file (`_regular`)."""
+        path = self.root / relative
+        if not path.parent.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidInputError(
+                f"{path.parent} leads outside the run folder {self.root} (a link); remove it or choose another --out"
+            )
+        return path
+
+    def check_paths(self, cases: Iterable[EditCase]) -> None:
+        """Check, before any edit, that every file of every case lands inside the folder."""
+        for case in cases:
+            self.output(case)
+            self.record_path(case.id)
+            self.failure_path(case.id)
 
     @contextlib.contextmanager
     def claimed(self) -> Iterator[None]:
@@ -96,7 +145,12 @@ class RunFolder:
                     f"--out {self.root} is not empty and holds no run ({MANIFEST}); choose an empty or new folder"
                 )
             for name in SUBFOLDERS:
-                (self.root / name).mkdir(exist_ok=True)
+                folder = self.root / name
+                if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                    raise InvalidInputError(
+                        f"{folder} is a link or a file, not a folder of this run; remove it or choose another --out"
+                    )
+                folder.mkdir(exist_ok=True)
             temporary = ".*.tmp*"
             leftovers = [*self.root.glob(temporary), *(self.root / "images").rglob(temporary)]
             leftovers += [*(self.root / "records").glob(temporary), *(self.root / "failures").glob(temporary)]
@@ -114,57 +168,77 @@ class RunFolder:
         return not (path.name in SUBFOLDERS and path.is_dir() and not any(path.iterdir()))
 
     def _lock(self) -> None:
-        """Create DIR/.lock or fail: two runs writing one folder would interleave their files. A lock whose process
-        has ended on this host is taken over."""
+        """Hold DIR/.lock with flock or fail: two runs writing one folder would interleave their files. The kernel
+        releases the lock when its holder ends, even by SIGKILL, so the lock of an ended run is simply taken; the
+        pid and host written into it name the holder in the message of a run refused."""
         path = self.root / LOCK
-        holder: list[str] = []
-        for _ in range(2):
+        for _ in range(LOCK_ATTEMPTS):
             try:
-                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    holder = path.read_text(encoding="utf-8", errors="replace").split()
-                except FileNotFoundError:  # released in the meantime
-                    continue
-                if _alive(holder):
-                    break
-                path.unlink(missing_ok=True)
+                # No link is followed: a planted .lock must not make us truncate a file elsewhere.
+                handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as error:
+                raise InvalidInputError(
+                    f"cannot open the lock {path} ({error.strerror}); if it is a link or a folder, remove it"
+                ) from None
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                os.close(handle)
+                raise InvalidInputError(f"the lock {path} is not a plain file; remove it")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                held = False
+            holder = _holder(handle)
+            if held and not _same_file(handle, path):
+                os.close(handle)  # the run we waited on removed this lock file; lock the one now there
                 continue
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(f"{os.getpid()} {socket.gethostname()}\n")
+            if not held or _alive(holder):
+                os.close(handle)
+                raise InvalidInputError(
+                    f"--out {self.root} is in use by another run (process {' on '.join(holder) or 'unknown'}); wait "
+                    f"for it or choose another --out (if no run is active, remove {path})"
+                )
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            self._lock_handle = handle
             return
-        raise InvalidInputError(
-            f"--out {self.root} is in use by another run (process {' on '.join(holder) or 'unknown'}); wait for it "
-            f"or choose another --out (if no run is active, remove {path})"
-        )
+        raise InvalidInputError(f"--out {self.root}: the lock {path} kept changing hands; try again")
 
     def _unlock(self) -> None:
+        """Remove the lock file while still holding it, then release it; a run that opened it meanwhile sees the file
+        gone (`_same_file`) and locks the new one instead."""
+        handle, self._lock_handle = self._lock_handle, None
+        if handle is None:
+            return
         path = self.root / LOCK
         with contextlib.suppress(OSError):
-            if path.read_text(encoding="utf-8").split() == [str(os.getpid()), socket.gethostname()]:
+            if _same_file(handle, path):
                 path.unlink()
+        os.close(handle)
 
     def finished(self, case: EditCase) -> bool:
         """A case is finished when its record exists and names an output that exists; anything less is redone."""
         record = self.read_record(case.id)
-        return record is not None and record.get("output") == str(output_relpath(case)) and self.output(case).is_file()
+        return record is not None and record.get("output") == str(output_relpath(case)) and _regular(self.output(case))
 
     def read_record(self, case_id: str) -> dict[str, Any] | None:
+        """A case's record, or None when it is missing, damaged or a link (the case is then redone)."""
         path = self.record_path(case_id)
+        if not _regular(path):
+            return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            return read_json(path, "case record", dict)
+        except InvalidInputError:
             return None
 
     def read_manifest(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        """The run's manifest, None when there is none; a damaged one (any JSON but an object) is a one-line error."""
+        if not self.manifest_path.exists() and not self.manifest_path.is_symlink():
             return None
-        except (OSError, json.JSONDecodeError) as error:
-            raise InvalidInputError(
-                f"{self.manifest_path} is damaged ({error}); remove it or use another --out"
-            ) from None
+        try:
+            return read_json(self.manifest_path, "a run manifest", dict)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{error}; remove it or use another --out") from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         save_json(manifest, self.manifest_path)
@@ -183,19 +257,44 @@ class RunFolder:
         found = {}
         for path in sorted((self.root / "failures").glob("*.json")):
             try:
-                found[path.stem] = json.loads(path.read_text(encoding="utf-8"))["error"]
-            except (OSError, json.JSONDecodeError, KeyError):
-                found[path.stem] = "unreadable failure record"
+                error = read_json(path, "failure record", dict).get("error")
+            except InvalidInputError:
+                error = None
+            found[path.stem] = error if isinstance(error, str) else "unreadable failure record"
         return found
 
 
+def _regular(path: Path) -> bool:
+    """A plain file, not a link: a link planted in the run folder could point anywhere."""
+    return path.is_file() and not path.is_symlink()
+
+
+def _holder(handle: int) -> list[str]:
+    """The pid and host written in a lock (a bounded read: the file may have been planted)."""
+    return strip_control(os.pread(handle, 200, 0).decode("utf-8", "replace")).split()
+
+
+def _same_file(handle: int, path: Path) -> bool:
+    """Whether `path` is still the file open as `handle`, and not removed or replaced since it was opened."""
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    opened = os.fstat(handle)
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def _alive(holder: list[str]) -> bool:
-    """Whether the process named in a lock (pid, host) may still run: only one on this POSIX host can be checked."""
-    if len(holder) != 2 or not holder[0].isdigit() or holder[1] != socket.gethostname() or os.name != "posix":
-        return True  # a lock being written, another machine's, or one this system cannot check
+    """Whether the process named in a lock file nobody holds may still run. One of another machine (on a shared
+    filesystem whose locks may not reach us), or a live one here that holds no flock (an older ifedit), counts as
+    running; an empty or garbled file cannot be a lock being written, as writers hold the lock first."""
+    if len(holder) != 2 or not (holder[0].isascii() and holder[0].isdigit()):
+        return False
+    if holder[1] != socket.gethostname():
+        return True
     try:
         os.kill(int(holder[0]), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # ended, or a number no process has
         return False
     except PermissionError:  # another user's process
         return True
@@ -219,5 +318,5 @@ def case_record(case: EditCase) -> dict[str, Any]:
 
 
 def describe_error(error: BaseException) -> tuple[str, str]:
-    """A failure as one line and its traceback, for the failure record."""
-    return f"{type(error).__name__}: {error}", "".join(traceback.format_exception(error))
+    """A failure as one line (file names from a listing may hold control codes) and its traceback, for the record."""
+    return strip_control(f"{type(error).__name__}: {error}"), "".join(traceback.format_exception(error))

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..editor import model_record
-from ..errors import IFEditError, InvalidInputError
+from ..errors import InvalidInputError
+from ..io import validate_image
 from ..loading import LoadOptions
 from ..presets import Preset
 from .cases import EditCase, load_cases
-from .layout import RunFolder, case_record, compose_output, describe_error
+from .layout import RunFolder, case_record, check_distinct, compose_output, describe_error
 
 logger = logging.getLogger("ifedit")
 
@@ -64,17 +65,22 @@ class RunPlan:
     limit: int | None = None
     categories: tuple[str, ...] = ()
     argv: tuple[str, ...] = ()
+    allow_outside_data: bool = False
 
 
 @dataclass
 class Task:
-    """One case ready for the edit stage: its source pixels travel with it, so a worker needs no shared disk."""
+    """One case ready for the edit stage. Its source is decoded when the case is edited, one case at a time; a task
+    sent to a Ray worker carries the pixels (`source`), so a worker needs no shared disk."""
 
     case: EditCase
-    source: PIL.Image.Image
+    source: PIL.Image.Image | None
     prompt: str
     provenance: dict[str, Any]
     seed: int
+
+    def pixels(self) -> PIL.Image.Image:
+        return self.source if self.source is not None else self.case.load_source()
 
 
 @dataclass
@@ -173,25 +179,42 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def load_sources(cases: Iterable[EditCase], folder: RunFolder) -> Iterator[tuple[EditCase, PIL.Image.Image]]:
-    """Each case's source image; a case whose files are missing or damaged is recorded as failed and skipped."""
+def record_failure(folder: RunFolder, case: EditCase, error: str, details: str = "") -> None:
+    logger.warning("case %s failed: %s", case.id, error)
+    folder.write_failure(case, error, details)
+
+
+def attempt(cases: Iterable[EditCase], folder: RunFolder, step: Callable[[EditCase], Any]) -> Iterator[tuple]:
+    """(case, step(case)) for each case; a case whose step fails in any way is recorded as failed and left out, so a
+    damaged or hostile file stops only its own case."""
     for case in cases:
         try:
-            yield case, case.load_source()
-        except IFEditError as error:
-            logger.warning("case %s failed: %s", case.id, error)
-            folder.write_failure(case, f"{type(error).__name__}: {error}")
+            result = step(case)
+        except Exception as error:  # noqa: BLE001 - one bad case must not end a run of hundreds
+            record_failure(folder, case, *describe_error(error))
+            continue
+        yield case, result
 
 
-def prompt_stage(sources: Sequence[tuple[EditCase, PIL.Image.Image]], plan: RunPlan) -> list[Task]:
-    """Video prompts for every pending case before any video model loads (a local VLM is then released)."""
-    if not sources:
-        return []
+def prompt_stage(cases: Sequence[EditCase], plan: RunPlan, folder: RunFolder) -> list[Task]:
+    """Video prompts for every pending case before any video model loads (a local VLM is then released).
+
+    Every source's header is checked first, without decoding; then each source is decoded alone and kept only at
+    the size the VLM sees, so memory does not grow with the sizes the sources declare."""
     from ..prompting import enhance_many
+    from ..prompting.base import check_text, vlm_view
 
+    def view(case: EditCase) -> PIL.Image.Image:
+        check_text(case.text)
+        return validate_image(vlm_view(case.load_source()), f"source of case {case.id}")
+
+    readable = [case for case, _ in attempt(cases, folder, EditCase.check_source)]
+    views = list(attempt(readable, folder, view))
+    if not views:
+        return []
     options = plan.prompts
     results = enhance_many(
-        [(image, case.text, case.kind) for case, image in sources],
+        [(image, case.text, case.kind) for case, image in views],
         enhancer=options.enhancer,
         vlm_model=options.vlm_model,
         api_base_url=options.api_base_url,
@@ -203,8 +226,8 @@ def prompt_stage(sources: Sequence[tuple[EditCase, PIL.Image.Image]], plan: RunP
         device=None if plan.load_options.device == "auto" else plan.load_options.device,
     )
     return [
-        Task(case, image, result.prompt, result.to_record(), case_seed(plan.seed, case.id))
-        for (case, image), result in zip(sources, results, strict=True)
+        Task(case, None, result.prompt, result.to_record(), case_seed(plan.seed, case.id))
+        for (case, _), result in zip(views, results, strict=True)
     ]
 
 
@@ -226,8 +249,9 @@ class CaseEditor:
         """Edit one case; any error of the case becomes a failed outcome so the run goes on."""
         case = task.case
         try:
+            source = task.pixels()
             edit = self.editor.edit(
-                task.source,
+                source,
                 case.text,
                 self.settings,
                 prompt=task.prompt,
@@ -238,7 +262,7 @@ class CaseEditor:
         except Exception as error:  # noqa: BLE001 - one bad case must not end a run of hundreds
             return Outcome(case, None, None, *describe_error(error))
         record = {**edit.record, "case": case_record(case)}
-        return Outcome(case, compose_output(case, task.source, edit.result.image), record)
+        return Outcome(case, compose_output(case, source, edit.result.image), record)
 
 
 def local_outcomes(tasks: Sequence[Task], plan: RunPlan) -> Iterator[Outcome]:
@@ -256,9 +280,12 @@ def run(
     progress_bar: bool = True,
 ) -> Summary:
     """Run (or continue) a benchmark into `plan.out`; finished cases are skipped, failed and partial ones redone."""
-    cases = select_cases(load_cases(plan.benchmark, plan.data), plan.categories, plan.limit)
+    cases = load_cases(plan.benchmark, plan.data, plan.allow_outside_data)
+    check_distinct(cases)
+    cases = select_cases(cases, plan.categories, plan.limit)
     folder = RunFolder(plan.out)
     with folder.claimed():
+        folder.check_paths(cases)
         manifest = start(plan, folder, cases)
         pending = [case for case in cases if not folder.finished(case)]
         skipped = len(cases) - len(pending)
@@ -267,7 +294,7 @@ def run(
         finished = 0
         status = "interrupted"
         try:
-            tasks = prompt_stage(list(load_sources(pending, folder)), plan)
+            tasks = prompt_stage(pending, plan, folder)
             if use_ray:
                 from .distributed import ray_outcomes
 
@@ -288,8 +315,7 @@ def run(
                         folder.write_case(outcome.case, outcome.picture, {**outcome.record, "argv": list(plan.argv)})
                         finished += 1
                     else:
-                        logger.warning("case %s failed: %s", outcome.case.id, outcome.error)
-                        folder.write_failure(outcome.case, outcome.error, outcome.details)
+                        record_failure(folder, outcome.case, outcome.error, outcome.details)
                     progress.update(1)
             status = "complete"
         finally:
