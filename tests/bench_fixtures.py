@@ -1,6 +1,8 @@
 """Small copies of the benchmarks in their official formats, and the fast settings the bench tests run with."""
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,19 @@ def picture(path: Path, seed: int, size=(64, 64)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     PIL.Image.fromarray(pixels).save(path)
+    return path
+
+
+def declared_png(path: Path, width: int, height: int, rows: int) -> Path:
+    """A grayscale PNG whose header declares `width` x `height` but whose data holds only `rows` rows: a few
+    kilobytes that Pillow opens without complaint and fails only to decode (or refuses to open, past its limit)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * (width + 1) * rows)[:-6]  # the stream cut short: more rows are needed
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
     return path
 
 
