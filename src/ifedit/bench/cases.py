@@ -304,7 +304,7 @@ def _imgedit(root: Path) -> list[EditCase]:
     cases = []
     for key, entry in entries.items():
         where = f"{listing} entry {_shown(key)}"
-        safe_name(key, f"{where}: the key")
+        safe_name(key, f"{listing}: the key")
         source = _existing(image_root / _field(entry, "id", where), where)
         prompt, edit_type = _field(entry, "prompt", where), _name_field(entry, "edit_type", where)
         cases.append(EditCase("imgedit", safe_id(key), key, prompt, "instruction", edit_type, source))
