@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from ifedit.sharpness import candidate_frames, laplacian_variance, sharpest
-
-
-def _reference_score(image: PIL.Image.Image) -> float:
-    """An independent NumPy version: 8-bit luma, 4-neighbour Laplacian over the interior, population variance."""
-    rgb = np.asarray(image, dtype=np.float64)
-    gray = np.round(rgb @ np.array([0.299, 0.587, 0.114]))
-    lap = gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4 * gray[1:-1, 1:-1]
-    return float(lap.var())
+from observe import laplacian_variance_of
 
 
 def _to_tensor(images: list[PIL.Image.Image]) -> torch.Tensor:
@@ -31,7 +24,7 @@ def checkerboard() -> PIL.Image.Image:
 
 def test_score_matches_an_independent_computation(checkerboard):
     score = laplacian_variance(_to_tensor([checkerboard]))[0].item()
-    assert score == pytest.approx(_reference_score(checkerboard), rel=1e-5)
+    assert score == pytest.approx(laplacian_variance_of(np.asarray(checkerboard)), rel=1e-5)
     assert score > 1000
 
 
@@ -45,10 +38,15 @@ def test_more_blur_ranks_lower(checkerboard):
     scores = laplacian_variance(_to_tensor(blurred)).tolist()
     assert scores == sorted(scores, reverse=True)
     assert len(set(scores)) == len(scores)
-    order = [3, 0, 4, 1, 2]
-    shuffled = {index: scores[order.index(index)] for index in range(5)}
-    assert shuffled == {index: scores[position] for position, index in enumerate(order)}
-    assert sharpest({10 + position: scores[position] for position in range(5)}) == 10
+
+
+def test_sharpest_picks_the_unblurred_frame_wherever_it_sits(checkerboard):
+    """Mutation: the blurriest frame chosen, or the first / last frame whatever its score."""
+    radii = (1.2, 0, 2.5, 0.6)
+    frames = [checkerboard.filter(PIL.ImageFilter.GaussianBlur(radius)) for radius in radii]
+    scores = dict(zip((29, 30, 31, 32), laplacian_variance(_to_tensor(frames)).tolist(), strict=True))
+    assert sharpest(scores) == 30
+    assert sharpest(dict(reversed(scores.items()))) == 30
 
 
 def test_sharpest_prefers_the_later_frame_on_a_tie():
