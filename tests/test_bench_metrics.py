@@ -6,14 +6,16 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import ByT5Tokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+from transformers import AutoTokenizer, ByT5Tokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from bench_fixtures import FAST, bytemorph, imgedit, risebench, tedbench
 from ifedit.bench.cases import load_cases
 from ifedit.bench.layout import RunFolder, case_record, compose_output
 from ifedit.bench.metrics import LPIPS, CLIPScorer, sharpness
+from ifedit.bench.published import PUBLISHED
 from ifedit.cli import main
 from ifedit.errors import SetupError
+from ifedit.io import load_image
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,22 @@ def clip_dir(tmp_path_factory):
     return folder
 
 
+def _published_table(markdown: str) -> list[list[str]]:
+    """The rows of a report's "Published" table as [method, metric, value, note] cells."""
+    section = markdown.split("## Published", 1)[1].split("\n\n", 2)[1]
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in section.splitlines()[2:]]
+
+
+def _shows_published(rows: list[list[str]], benchmark: str) -> None:
+    """The table's first rows are the paper's numbers for `benchmark`, as published.py holds them."""
+    published = PUBLISHED[benchmark]
+    assert [(method, metric, note) for method, metric, _, note in rows[: len(published)]] == [
+        (row.method, row.metric, row.note) for row in published
+    ]
+    shown = [float(value) for _, _, value, _ in rows[: len(published)]]
+    assert shown == pytest.approx([row.value for row in published], rel=1e-3, abs=5e-4)  # as rounded for show
+
+
 def _noise(seed, size=64):
     return torch.from_numpy(np.random.default_rng(seed).random((1, 3, size, size), dtype=np.float32))
 
@@ -73,7 +91,15 @@ def test_clip_scores_on_a_tiny_random_model(clip_dir):
     image = PIL.Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8))
     assert scorer.clip_i(image, image) == pytest.approx(1.0, abs=1e-5)
     assert scorer.clip_i(image, PIL.Image.new("RGB", (48, 48), "red")) < 0.9999
-    assert -1 <= scorer.clip_t(image, "a red square") <= 1
+    # CLIP-T is the cosine the model's own forward pass reports: its image-text logit over the logit scale.
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    tokens = AutoTokenizer.from_pretrained(clip_dir)(["a red square"], return_tensors="pt")
+    pixels = CLIPImageProcessor.from_pretrained(clip_dir)(images=image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logit = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+    cosine = (logit.logits_per_image[0, 0] / model.logit_scale.exp()).item()
+    assert scorer.clip_t(image, "a red square") == pytest.approx(cosine, abs=1e-5)
+    assert scorer.clip_t(image, "a red square") != pytest.approx(scorer.clip_t(image, "a blue circle"), abs=1e-4)
     # Texts past the text encoder's 64 positions are cut to them: any two such texts with the same start score alike.
     assert scorer.clip_t(image, "a cat " * 100) == pytest.approx(scorer.clip_t(image, "a cat " * 200))
 
@@ -100,11 +126,17 @@ def test_score_and_report_a_tedbench_run(tmp_path, tiny_dirs, clip_dir, lpips_fi
     scores = json.loads((out / "scores.json").read_text())
     assert scores["metrics"]["clip_backbone"] == str(clip_dir) and scores["cases_scored"] == 2
     case = scores["cases"]["000_dog"]
-    assert case["lpips"] > 0 and -1 <= case["clip_i"] <= 1 and -1 <= case["clip_t"] <= 1 and case["sharpness"] > 0
+    assert case["lpips"] > 0 and case["sharpness"] > 0
+    # CLIP-I compares the edit with its source, CLIP-T with the target caption.
+    dog = next(case for case in load_cases("tedbench", data) if case.id == "000_dog")
+    scorer, edited = CLIPScorer(str(clip_dir)), load_image(RunFolder(out).output(dog))
+    assert case["clip_i"] == pytest.approx(scorer.clip_i(edited, dog.load_source()), abs=1e-6)
+    assert case["clip_t"] == pytest.approx(scorer.clip_t(edited, "A photo of a sitting dog."), abs=1e-6)
     assert set(scores["overall"]) == {"lpips", "clip_i", "clip_t", "sharpness"} and "dog" in scores["categories"]
     assert main(["bench", "report", str(out)]) == 0
     markdown = (out / "report.md").read_text()
-    assert "| overall |" in markdown and "IF-Edit | clip_t | 0.650" in markdown
+    assert "| overall |" in markdown
+    _shows_published(_published_table(markdown), "tedbench")
     page = (out / "report.html").read_text()
     assert "report/000_dog_source.jpg" in page and (out / "report" / "000_dog_output.jpg").is_file()
 
@@ -171,8 +203,11 @@ def test_risebench_official_scores_per_judge_in_percent(tmp_path, capsys):
     assert main(["bench", "report", str(out)]) == 0
     markdown = (out / "report.md").read_text()
     assert "## Published (arXiv 2511.19435), and this run on the same scale" in markdown
+    table = _published_table(markdown)
+    _shows_published(table, "risebench")
+    this_run = [(metric, float(value)) for method, metric, value, _ in table if method == "this run"]
+    assert this_run == [("overall", 25.0), ("temporal_reasoning", 0.0)]
     assert "| this run | overall | 25.000 | accuracy %: the official Accuracy (0-1) x 100" in markdown
-    assert "| IF-Edit | overall | 11.100 | accuracy %, GPT-4.1 judge |" in markdown
     capsys.readouterr()
     missing = tmp_path / "no-python"
     assert main(score + ["--scorer-python", str(missing), "-q"]) == 1
