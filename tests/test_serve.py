@@ -20,7 +20,8 @@ from ifedit.loading import LoadOptions
 from ifedit.presets import get_preset
 from ifedit.serve.app import ServeConfig, Service, bind, serving
 from ifedit.serve.backends import LocalBackend
-from ifedit.serve.command import build_service
+from ifedit.serve.command import build_service, replica_counts
+from ifedit.serve.files import ResultFiles
 from ifedit.serve.form import parse_form
 from ifedit.serve.replica import EditReplica, prompt_options
 from ifedit.toyworld.scenes import render_frame, sample_case
@@ -339,6 +340,24 @@ def test_request_settings_override_the_servers_defaults():
     assert (request.settings["width"], request.settings["height"], request.video_prompt) == (80, 48, "ready")
     with pytest.raises(InvalidInputError, match="video_prompt must not be empty"):
         parse_form({"prompt": "x", "video_prompt": " "}, preset, defaults, "toyworld")
+
+
+def test_replicas_are_fixed_by_replicas_and_autoscale_between_min_and_max():
+    assert replica_counts(serve_args("--replicas", "2")) == (2, 2, 2)
+    assert replica_counts(serve_args("--min-replicas", "1", "--max-replicas", "3")) == (1, 1, 3)
+    assert replica_counts(serve_args("--replicas", "2", "--max-replicas", "4")) == (1, 2, 4)
+    with pytest.raises(InvalidInputError, match="--min-replicas must be at least 1, got 0"):
+        replica_counts(serve_args("--min-replicas", "0"))
+
+
+def test_result_files_expire_and_no_name_reaches_outside_them(tmp_path):
+    files = ResultFiles(tmp_path / "results", ttl=0.2)
+    name = files.add(b"an image")
+    assert files.path(name).read_bytes() == b"an image" and (files.folder / name).stat().st_mode & 0o077 == 0
+    (tmp_path / "secret.png").write_bytes(b"not for clients")
+    assert files.path("../secret.png") is None and files.path(str(tmp_path / "secret.png")) is None
+    time.sleep(0.3)
+    assert files.path(name) is None and not (files.folder / name).exists()
 
 
 def _metric(url: str, name: str) -> float:
