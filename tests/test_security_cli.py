@@ -12,13 +12,14 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import PIL.Image
 import pytest
 
 import ifedit.report
-from chat_server import Reply
+from chat_server import Reply, completion
 from ifedit.cli import main
 
 FAST = ["--steps", "2", "--frames", "5", "--height", "64", "--width", "96", "--no-refine"]
@@ -95,7 +96,7 @@ def test_abbreviated_key_option_is_refused_and_its_value_never_shown(tmp_path, s
 def test_key_echoed_by_the_server_is_masked_in_output_and_record(tmp_path, source, tiny_dirs, chat_server, capsys):
     # The server rejects the key and quotes it back, as some gateways do.
     echo = {"error": {"message": f"invalid key: Bearer {KEY}"}}
-    chat_server.replies = [Reply(401, echo), Reply(500, echo), Reply(500, echo), Reply(500, echo)]
+    chat_server.replies = [Reply(500, echo), Reply(500, echo), Reply(500, echo)]
     output = tmp_path / "o.png"
     code, printed = _run(
         capsys, "edit", str(source), "the square slides right", "-o", str(output), "--model", tiny_dirs["a14b"],
@@ -112,7 +113,7 @@ def test_key_echoed_by_the_server_is_masked_in_output_and_record(tmp_path, sourc
 
 def test_key_from_the_environment_is_masked_too(tmp_path, source, chat_server, capsys, monkeypatch):
     monkeypatch.setenv("IFEDIT_VLM_API_KEY", KEY)
-    chat_server.replies = [Reply(403, {"error": {"message": f"key {KEY} is revoked"}})]
+    chat_server.replies = [Reply(503, {"error": {"message": f"key {KEY} is revoked"}})] * 3
     code, printed = _run(capsys, "prompt", str(source), "the square slides right", "--vlm-base-url", chat_server.url,
                          "--vlm-api-model", "m", "--json")  # fmt: skip
     assert code == 0 and chat_server.requests
@@ -206,7 +207,7 @@ def test_full_disk_leaves_neither_image_nor_record(tmp_path, source, tiny_dirs):
     )  # fmt: skip
     assert completed.returncode == 1, completed.stderr
     lines = completed.stderr.strip().splitlines()
-    assert "nothing was written" in lines[-1] and "Traceback" not in completed.stderr
+    assert "no output was kept" in lines[-1] and "Traceback" not in completed.stderr
     assert _files(out) == []
 
 
@@ -272,3 +273,113 @@ def test_outputs_get_the_umask_mode_not_a_private_one(tmp_path, source, tiny_dir
     assert (tmp_path / "o.png").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "o.json").stat().st_mode & 0o777 == 0o644
     assert PIL.Image.open(tmp_path / "o.png").size == (96, 64)
+
+
+def test_key_split_by_invisible_characters_in_an_answer_is_masked(tmp_path, source, chat_server, capsys):
+    split = KEY[:6] + "\u200b" + KEY[6:12] + "\x1b[0m" + KEY[12:]
+    answer = f"A fixed shot of the red square; it slowly slides to the right across the plain floor. token {split}."
+    chat_server.replies = [Reply(200, completion(answer))]
+    for extra in ([], ["--json"]):
+        server = ["--vlm-base-url", chat_server.url, "--vlm-api-model", "m", "--vlm-api-key", KEY, "--no-cache"]
+        code, printed = _run(capsys, "prompt", str(source), "the square slides right", *server, *extra)
+        assert code == 0 and chat_server.requests, printed
+        assert KEY not in printed and "\u200b" not in printed and "\x1b" not in printed, printed
+        chat_server.replies = [Reply(200, completion(answer))]
+
+
+@pytest.mark.parametrize("body", [lambda key: f"invalid key {key[:-3]}", lambda key: "bad key \\u0073" + key[1:]])
+def test_a_refused_key_is_never_quoted_back(tmp_path, source, chat_server, capsys, body):
+    chat_server.replies = [Reply(401, {"error": {"message": body(KEY)}})]
+    code, printed = _run(capsys, "prompt", str(source), "the square slides right", "--vlm-base-url", chat_server.url,
+                         "--vlm-api-model", "m", "--vlm-api-key", KEY)  # fmt: skip
+    assert code == 0 and "refused the API key (HTTP 401)" in printed
+    assert KEY[:12] not in printed and KEY[-12:] not in printed
+
+
+@pytest.mark.parametrize("spelling", ["--VLM-API-KEY", "--vlm-api_key", "--vlm-apikey", "--vlm-token", "-vlm-api-key"])
+def test_misspelt_key_options_never_show_the_key(source, spelling, capsys):
+    for arguments in ([spelling, KEY], [f"{spelling}={KEY}"], [f"{spelling}:{KEY}"]):
+        code, printed = _run(capsys, "prompt", str(source), "x", *arguments)
+        assert code == 2 and KEY not in printed, printed
+
+
+@pytest.mark.parametrize("value", ["1e10", "1e308", "0", "-1"])
+def test_vlm_timeout_out_of_range_is_refused(source, value, capsys):
+    code, printed = _run(capsys, "prompt", str(source), "melt", f"--vlm-timeout={value}", "--vlm-base-url",
+                         "http://127.0.0.1:9/v1", "--vlm-api-model", "m")  # fmt: skip
+    assert code == 2 and "--vlm-timeout must be" in printed
+
+
+@pytest.mark.parametrize("option", ["--negative-prompt", "--refine-prompt"])
+def test_control_characters_in_other_typed_prompts_are_refused(tmp_path, source, broken_model, option, capsys):
+    code, printed = _run(capsys, "edit", str(source), "melt", "-o", str(tmp_path / "o.png"), "--model", broken_model,
+                         option, "blur\u202eevil\x1b[31m")  # fmt: skip
+    assert code == 2 and f"{option}: text holds the control character" in printed and "\x1b" not in printed
+
+
+def test_output_names_that_collide_are_refused_before_loading(tmp_path, source, broken_model, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.json").mkdir()
+    for arguments, message in (
+        (["-o", str(out / "a.png"), "--save-frames", str(out / "a.png")], "also the name of an output file"),
+        (["-o", str(out / "a.png"), "--save-frames", str(out / "a.json")], "also the name of an output file"),
+        (["-o", str(out / "b.png"), "--overwrite"], "b.json is a folder"),
+    ):
+        code, printed = _run(capsys, "edit", str(source), "melt", *arguments, "--model", broken_model)
+        assert code == 2 and message in printed, printed
+    assert _files(out) == ["b.json"]
+
+
+def test_a_dangling_link_at_the_output_is_not_replaced_without_overwrite(tmp_path, source, broken_model, capsys):
+    (tmp_path / "o.png").symlink_to(tmp_path / "elsewhere.png")
+    code, printed = _run(capsys, "edit", str(source), "melt", "-o", str(tmp_path / "o.png"), "--model", broken_model)
+    assert code == 2 and "output exists" in printed
+    assert (tmp_path / "o.png").is_symlink() and not (tmp_path / "elsewhere.png").exists()
+
+
+def test_a_path_that_is_not_utf8_is_recorded_as_strict_json(tmp_path, source, tiny_dirs, capsys):
+    odd = tmp_path / os.fsdecode(b"\xff-source.png")
+    shutil.copy(source, odd)
+    output = tmp_path / os.fsdecode(b"\xfe-out.png")
+    code, printed = _run(capsys, "edit", str(odd), "the square slides right", "-o", str(output), "--model",
+                         tiny_dirs["a14b"], *FAST)  # fmt: skip
+    assert code == 0, printed
+    record = json.loads(output.with_suffix(".json").read_bytes().decode("utf-8"))
+    assert record["source"]["path"] == str(odd.resolve())
+
+
+def _edit_process(source, output, model, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ifedit", "edit", str(source), "the square slides right", "-o", str(output), "--model",
+         model, "--prompt-enhancer", "template", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_sigterm_during_an_edit_leaves_nothing(tmp_path, source, tiny_dirs):
+    out = tmp_path / "out"
+    out.mkdir()
+    process = _edit_process(source, out / "o.png", tiny_dirs["a14b"], "--steps", "200", "--frames", "33",
+                            "--height", "64", "--width", "96", "--save-frames", str(out / "frames"))  # fmt: skip
+    for line in process.stderr:  # the edit has started once the model is loading
+        if "loading" in line:
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    assert "interrupted" in process.stderr.read()
+    assert _files(out) == []
+
+
+def test_two_runs_never_replace_each_others_output_without_overwrite(tmp_path, source, tiny_dirs):
+    output = tmp_path / "o.png"
+    runs = [_edit_process(source, output, tiny_dirs["a14b"], *FAST, "--seed", str(seed)) for seed in (11, 22)]
+    codes = [run.wait(timeout=300) for run in runs]
+    errors = [run.stderr.read() for run in runs]
+    assert sorted(codes) == [0, 1] or codes == [0, 2] or codes == [2, 0], (codes, errors)
+    loser = codes.index(max(codes))
+    assert "output exists" in errors[loser] and "Traceback" not in errors[loser]
+    winner_seed = (11, 22)[1 - loser]
+    assert json.loads(output.with_suffix(".json").read_text())["seed"] == winner_seed
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["o.json", "o.png", "source.png"]

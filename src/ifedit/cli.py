@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -32,6 +36,8 @@ EXIT_INTERRUPTED = 130
 
 # Every option whose value is a secret; their values are masked in records and output.
 SECRET_OPTIONS = ("--vlm-api-key", "--judge-api-key", "--api-key")
+# Words that make an unknown option's value a secret too (a misspelt key option is quoted in the parser's error).
+SECRET_WORDS = ("key", "token", "secret", "passw")
 # Environment variables that may hold a key; masked wherever their values show up.
 SECRET_VARIABLES = ("IFEDIT_VLM_API_KEY", "OPENAI_API_KEY", "IFEDIT_JUDGE_API_KEY", "IFEDIT_SERVE_API_KEY")
 
@@ -523,22 +529,43 @@ def _enhancer_for(args: argparse.Namespace) -> str:
 def _prompt(args: argparse.Namespace) -> int:
     result = _enhance(args, load_image(args.image), args.text)
     if args.json:
-        print(json.dumps(result.to_record(), indent=2, ensure_ascii=False))
+        print(redact(json.dumps(result.to_record(), indent=2, ensure_ascii=False)))
         return 0
-    print(result.prompt)
+    # Everything printed here may come from a server: masked and without control codes, like every record.
+    print(safe_text(result.prompt))
     source = result.backend + (f" ({result.model})" if result.model else "")
     cached = ", from cache" if result.cached else ""
-    print(f"# written by {source} in {result.elapsed_s:.1f} s{cached}", file=sys.stderr)
+    print(safe_text(f"# written by {source} in {result.elapsed_s:.1f} s{cached}"), file=sys.stderr)
     for fallback in result.fallbacks:
-        print(f"# passed over {fallback.backend}: {fallback.reason}", file=sys.stderr)
+        print(safe_text(f"# passed over {fallback.backend}: {fallback.reason}"), file=sys.stderr)
     return 0
 
 
+def _check_common_options(args: argparse.Namespace) -> None:
+    """Options shared by several commands whose bad values would only show after a model loaded or a server was
+    called (or never: a timeout is used only when a server is)."""
+    from .prompting.api import MAX_TIMEOUT_S
+
+    timeout = getattr(args, "vlm_timeout", None)
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT_S:
+        raise InvalidInputError(f"--vlm-timeout must be more than 0 and at most {MAX_TIMEOUT_S:g} s, got {timeout:g}")
+    model = getattr(args, "vlm_api_model", None)
+    if model is not None and (not model.strip() or strip_control(model) != model):
+        raise InvalidInputError("--vlm-api-model must be a model name without control characters")
+    threshold = getattr(args, "first_block_cache", None)
+    if threshold is not None and threshold <= 0:
+        raise InvalidInputError(f"--first-block-cache must be a threshold above 0 (e.g. 0.05), got {threshold:g}")
+    lora_scale = getattr(args, "lora_scale", None)
+    if lora_scale is not None and abs(lora_scale) > 100:
+        raise InvalidInputError(f"--lora-scale must be between -100 and 100, got {lora_scale:g}")
+
+
 def _is_secret_option(arg: str) -> bool:
-    """A key option, also spelled as an abbreviation (refused by the parser, but its value is still a key)."""
-    name = arg.partition("=")[0]
-    return name.startswith("--") and (
-        name.endswith("-key")
+    """An option that holds a key, however it is spelled: the real ones, abbreviations and misspellings (refused by
+    the parser, whose message quotes them) such as `--vlm-api-k`, `--VLM-API-KEY`, `--vlm-token=`, `-api_key`."""
+    name = re.split("[=:]", arg, maxsplit=1)[0].lower().replace("_", "-")
+    return name.startswith("-") and (
+        any(word in name for word in SECRET_WORDS)
         or any(option.startswith(name) and name.startswith(option[: -len("ey")]) for option in SECRET_OPTIONS)
     )
 
@@ -548,13 +575,13 @@ def recorded_argv(argv: Sequence[str]) -> list[str]:
     recorded: list[str] = []
     value_is_secret = False
     for arg in argv:
-        name, equals, _ = arg.partition("=")
         if value_is_secret:
             recorded.append("***")
             value_is_secret = False
         elif _is_secret_option(arg):
-            recorded.append(f"{name}=***" if equals else arg)
-            value_is_secret = not equals
+            inline = re.search("[=:]", arg)
+            recorded.append(arg[: inline.end()] + "***" if inline else arg)
+            value_is_secret = not inline
         else:
             recorded.append(arg)
     return recorded
@@ -564,19 +591,44 @@ def _register_secrets(argv: Sequence[str]) -> None:
     """Every key this run knows of, registered before parsing so that no message or record shows it: argparse
     quotes bad arguments, and a server may echo a key in an error."""
     for arg, recorded in zip(argv, recorded_argv(argv), strict=True):
-        if recorded != arg:
-            register_secret(arg.partition("=")[2] if "=" in arg and _is_secret_option(arg) else arg)
+        if recorded == "***":  # the value after a key option
+            register_secret(arg)
+        elif recorded != arg:  # `--option=KEY`: what the mask replaced
+            register_secret(arg[len(recorded) - len("***") :])
     for variable in SECRET_VARIABLES:
         register_secret(os.environ.get(variable))
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a service manager, `kill`, a closed terminal's shell) stops a run the way Ctrl-C does, so temporary
+    outputs are removed on the way out instead of left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _register_secrets(argv)
+    # Paths that are not valid UTF-8 and text from servers must not crash a print after a finished edit.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     args.argv = recorded_argv(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
+        _check_common_options(args)
         commands = {
             "edit": _edit,
             "prompt": _prompt,
@@ -585,9 +637,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "info": _info,
             "bench": _bench,
             "ui": _ui,
+            "plan": _plan,
             "serve": _serve,
         }
-        return commands[args.command](args)
+        with _terminate_as_interrupt():
+            return commands[args.command](args)
     except InvalidInputError as error:
         print(f"ifedit: error: {safe_text(error)}", file=sys.stderr)
         return EXIT_INPUT
@@ -640,7 +694,7 @@ def _edit(args: argparse.Namespace) -> int:
     # Every output is written to a temporary first and all are moved into place together, the record last: an
     # interruption or a full disk leaves none of them, and a JSON beside an image means the edit finished.
     outputs_record = {name: str(path) for name, path in outputs.items() if name != "record"}
-    with staged_outputs(outputs, folders=("frames",)) as staged:
+    with staged_outputs(outputs, folders=("frames",), overwrite=args.overwrite) as staged:
         if args.save_frames:
             _write_frames(result, staged["frames"])
         if args.save_video:
@@ -685,6 +739,9 @@ def _edit_settings(preset: Preset, args: argparse.Namespace) -> dict:
         decode_frames=args.decode,
         edit_position=args.edit_position,
     )
+    for name in ("negative_prompt", "refine_prompt"):  # typed text, checked like the instruction
+        if given[name] is not None:
+            given[name] = _user_text(given[name], "--" + name.replace("_", "-"))
     if args.fast:  # the shortcuts fill in what was not given explicitly
         given.update({name: value for name, value in FAST_SETTINGS.items() if given[name] is None})
     return edit_settings(preset, **given)
@@ -745,24 +802,30 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
         if importlib.util.find_spec("imageio_ffmpeg") is None:
             raise SetupError("--save-video needs the video extra: pip install 'ifedit[video]'")
         paths["video"] = image.with_suffix(".mp4")
+    paths["record"] = image.with_suffix(".json")  # last: staged_outputs moves the record in after everything else
     for name, path in paths.items():
-        if name != "image" and path.exists() and not args.overwrite:
-            raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
+        if name != "image":
+            _check_output_file(path, args.overwrite)
     if args.save_frames:
         folder = Path(args.save_frames)
         if not folder.parent.is_dir():
             raise InvalidInputError(f"folder for --save-frames does not exist: {folder.parent}")
+        if any(folder.absolute() == path.absolute() for path in paths.values()):
+            raise InvalidInputError(f"--save-frames {folder} is also the name of an output file; choose another")
         if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not args.overwrite)):
             raise InvalidInputError(
                 f"--save-frames {folder} exists and is not empty (pass --overwrite to write into it)"
             )
         check_writable(folder.parent)
-        paths["frames"] = folder
-    record = image.with_suffix(".json")
-    if record.exists() and not args.overwrite:
-        raise InvalidInputError(f"output exists: {record} (pass --overwrite to replace it)")
-    paths["record"] = record  # last: staged_outputs moves the record into place after everything else
+        paths = {"frames": folder, **paths}
     return paths
+
+
+def _check_output_file(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise InvalidInputError(f"output {path} is a folder; move it away or name another output")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
 
 
 def _user_text(text: str, name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -44,15 +45,15 @@ def load_image(path: str | os.PathLike, *, max_bytes: int | None = None, name: s
         )
     too_large = f"{shown} is too large: more than {MAX_PIXELS / 1e6:.0f} megapixels"
     try:
+        # Pillow's bomb warning zone is above our own limit, which refuses such images below; its other warnings
+        # (a truncated TIFF's) come before an error that says it all in one line.
         with warnings.catch_warnings():
-            # Pillow's warning zone is above our own limit, which refuses such images below.
-            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-            opened = PIL.Image.open(path)
-        with opened as image:
-            # Check the declared size before decoding, so a huge file is refused without loading it.
-            _check_size(image.size, shown)
-            image.load()
-            return to_rgb(PIL.ImageOps.exif_transpose(image))
+            warnings.simplefilter("ignore")
+            with PIL.Image.open(path) as image:
+                # Check the declared size before decoding, so a huge file is refused without loading it.
+                _check_size(image.size, shown)
+                image.load()
+                return to_rgb(PIL.ImageOps.exif_transpose(image))
     except PIL.Image.DecompressionBombError:
         # Pillow refuses to even open images past twice its own pixel limit (a few KB can declare gigapixels).
         raise InvalidInputError(too_large) from None
@@ -112,7 +113,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[
         raise InvalidInputError(f"output folder does not exist: {path.parent}")
     if path.is_dir():
         raise InvalidInputError(f"output {path} is a folder; name a file")
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link is there too
         raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
     check_writable(path.parent)
     return path
@@ -157,7 +158,8 @@ def save_json(data: Any, path: str | os.PathLike) -> None:
     Infinite and NaN numbers become null: Python's `Infinity`/`NaN` are not JSON and break other readers."""
     text = json.dumps(redact_data(_finite(data)), indent=2, ensure_ascii=False, default=str, allow_nan=False)
     with atomic_path(path) as temporary:
-        temporary.write_text(text + "\n", encoding="utf-8")
+        # A path that is not valid UTF-8 (which Python decodes to lone surrogates) is written as a JSON escape.
+        temporary.write_bytes((text + "\n").encode("utf-8", errors="backslashreplace"))
 
 
 def _finite(value: Any) -> Any:
@@ -171,20 +173,25 @@ def _finite(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def staged_outputs(paths: Mapping[str, Path], folders: tuple[str, ...] = ()) -> Iterator[dict[str, Path]]:
+def staged_outputs(
+    paths: Mapping[str, Path], folders: tuple[str, ...] = (), overwrite: bool = False
+) -> Iterator[dict[str, Path]]:
     """Temporaries for several outputs, moved into place together only when the block succeeds.
 
     An edit writes an image, its record and maybe a clip and a folder of frames; an interruption, a full disk or
     any failure must leave none of them behind, and a record beside an image must mean the edit finished. Names in
-    `folders` get a temporary folder whose files join the target folder (created if missing). The record, staged
-    last in `paths`, is moved in last. A failure to write is one line: SetupError naming the folder.
+    `folders` get a temporary folder whose files join the target folder (created if missing). Outputs are moved in
+    the order of `paths` (the record last); if one cannot be, those already moved are removed again. Without
+    `overwrite` an output that appeared meanwhile (another run writing the same name) is never replaced. A failure
+    is one line: SetupError naming the folder.
     """
     staged: dict[str, Path] = {}
+    placed: list[Path] = []
+    created: list[Path] = []
     try:
         for name, path in paths.items():
-            temporary = (
-                path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp{'' if name in folders else path.suffix}"
-            )
+            suffix = "" if name in folders else path.suffix
+            temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp{suffix}"
             if name in folders:
                 temporary.mkdir()
             else:
@@ -193,19 +200,51 @@ def staged_outputs(paths: Mapping[str, Path], folders: tuple[str, ...] = ()) -> 
         yield staged
         for name, temporary in staged.items():
             if name in folders:
-                paths[name].mkdir(exist_ok=True)
-                for item in sorted(temporary.iterdir()):
-                    os.replace(item, paths[name] / item.name)
+                if not paths[name].is_dir():
+                    paths[name].mkdir()
+                    created.append(paths[name])
+                moves = [(item, paths[name] / item.name) for item in sorted(temporary.iterdir())]
             else:
-                os.replace(temporary, paths[name])
-    except OSError as error:
-        folder = next(iter(paths.values())).parent
-        raise SetupError(
-            f"cannot write the outputs in {folder}: {error.strerror or error}; nothing was written"
-        ) from None
+                moves = [(temporary, paths[name])]
+            for source, target in moves:
+                _place(source, target, overwrite)
+                placed.append(target)
+    except BaseException as error:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(error, FileExistsError):
+            raise SetupError(
+                f"output exists: {error.filename} (written by another run meanwhile; pass --overwrite to replace "
+                "it); no output was kept"
+            ) from None
+        if isinstance(error, (OSError, UnicodeError)):
+            folder = next(iter(paths.values())).parent
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise SetupError(f"cannot write the outputs in {folder}: {reason}; no output was kept") from None
+        raise
     finally:
         for temporary in staged.values():
             if temporary.is_dir():
                 shutil.rmtree(temporary, ignore_errors=True)
             else:
                 temporary.unlink(missing_ok=True)
+
+
+def _place(source: Path, target: Path, overwrite: bool) -> None:
+    """Move a finished temporary onto its output name; without `overwrite`, only if that name is still free."""
+    if overwrite:
+        os.replace(source, target)
+        return
+    try:
+        os.link(source, target)  # atomic, and fails if the name exists
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+    except OSError:  # a filesystem without hard links: check, then move
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.replace(source, target)
+    else:
+        source.unlink()

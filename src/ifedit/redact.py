@@ -68,5 +68,6 @@ def strip_control(text: str, keep_newlines: bool = False) -> str:
 
 
 def safe_text(text: str) -> str:
-    """What may reach a terminal or a record: no secrets, no control codes."""
-    return strip_control(redact(text))
+    """What may reach a terminal or a record: no control codes, no secrets. Control codes go first: a key split
+    by an invisible character would be whole again after they are removed."""
+    return redact(strip_control(text))

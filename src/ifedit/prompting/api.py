@@ -29,6 +29,7 @@ ENV_BASE_URL = "IFEDIT_VLM_BASE_URL"
 ENV_MODEL = "IFEDIT_VLM_MODEL"
 ENV_API_KEY = "IFEDIT_VLM_API_KEY"
 MAX_BACKOFF_S = 30.0
+MAX_TIMEOUT_S = 3600.0  # an hour per attempt; far beyond it, deadlines overflow the platform's clock
 MAX_ANSWER_TOKENS = 400
 # A 400-token answer is a few kilobytes; bigger bodies are refused rather than read into memory.
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -76,6 +77,8 @@ def resolve_settings(
         raise InvalidInputError(f"the 'api' enhancer needs a model name: pass api_model or set {ENV_MODEL}")
     if not timeout > 0:
         raise InvalidInputError(f"timeout must be positive, got {timeout}")
+    if timeout > MAX_TIMEOUT_S:
+        raise InvalidInputError(f"timeout must be at most {MAX_TIMEOUT_S:g} s, got {timeout:g}")
     if max_retries < 0:
         raise InvalidInputError(f"max_retries must be 0 or more, got {max_retries}")
     api_key = (api_key or os.environ.get(ENV_API_KEY) or os.environ.get("OPENAI_API_KEY") or "").strip() or None
@@ -312,7 +315,8 @@ def _http_failure(error: urllib.error.HTTPError) -> Exception:
             "API key goes to no other server: set the base URL to the server's own address"
         )
     if status in (401, 403):
-        return EnhancementError(f"VLM server refused the API key (HTTP {status}): {detail}; check {ENV_API_KEY}")
+        # The body is not shown: servers quote the key they refused, in forms no masking can recognise.
+        return EnhancementError(f"VLM server refused the API key (HTTP {status}); check {ENV_API_KEY}")
     if status == 429:
         wait = _retry_after(error.headers.get("Retry-After"))
         asks = f" and asks to wait {wait:.0f} s" if wait is not None else ""

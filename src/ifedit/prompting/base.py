@@ -149,7 +149,7 @@ _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "„
 
 def recordable(raw: str) -> str:
     """A raw answer as records and the cache keep it: keys masked, escape and control codes removed, lines kept."""
-    return strip_control(redact(raw), keep_newlines=True)
+    return redact(strip_control(raw, keep_newlines=True))  # stripped first: it could rejoin a split key
 
 
 def clean_response(raw: str) -> str:
