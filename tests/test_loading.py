@@ -11,8 +11,19 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from peft import LoraConfig, get_peft_model_state_dict
 
 from ifedit import IFEditPipeline
+from ifedit.editor import Editor
 from ifedit.errors import InvalidInputError, SetupError
-from ifedit.loading import LoadOptions, load_pipeline, resolve_device, resolve_dtype
+from ifedit.loading import (
+    LoadOptions,
+    available_host_gb,
+    check_placement,
+    choose_placement,
+    load_pipeline,
+    resolve_device,
+    resolve_dtype,
+    retry_tier,
+)
+from ifedit.memory import KNOWN_SIZES, Clip
 from ifedit.presets import PRESETS, LoraWeights, custom_preset, get_preset, resolve_model
 from ifedit.tiny import tiny_transformer
 
@@ -190,3 +201,96 @@ def test_folders_published_for_diffusers_pipelines_load(tmp_path, tiny_dirs, var
     pipe.set_progress_bar_config(disable=True)
     result = pipe(PIL.Image.new("RGB", (96, 64)), "x", height=64, width=96, num_frames=5, num_inference_steps=2)
     assert result.image.size == (96, 64)
+
+
+A14B_SIZE = KNOWN_SIZES["Wan-AI/Wan2.2-I2V-A14B-Diffusers"]
+RECIPE = Clip(33, 480, 832)
+
+
+def _choose(gpu: float, host: float | None = None, **options):
+    return choose_placement(LoadOptions(**options), A14B_SIZE, RECIPE, "cuda", 2, gpu, host)
+
+
+def test_auto_placement_takes_the_plan_and_given_options_replace_its_choices():
+    placement = _choose(24)
+    assert (placement.tier, placement.mode, placement.offload, placement.storage_dtype) == (
+        "fp8-model", "auto", "model", "float8_e4m3fn",
+    )  # fmt: skip
+    assert placement.gpu_gb == placement.plan.tier("fp8-model").gpu_gb and not placement.overridden
+    assert placement.describe().startswith("8-bit experts with model offload, predicted peak 20.2 GiB GPU / 67.3")
+    forced = _choose(24, offload="sequential", vae_tiling=True)
+    assert (forced.tier, forced.offload, forced.storage_dtype, forced.vae_tiling) == (
+        "fp8-model", "sequential", "float8_e4m3fn", True,
+    )  # fmt: skip
+    assert forced.overridden == ("--offload", "--vae-tiling") and forced.gpu_gb < placement.gpu_gb  # predicted anew
+    assert _choose(80).vae_tiling and not _choose(80, vae_tiling=False).vae_tiling
+
+
+def test_nothing_fitting_is_one_line_naming_the_leanest_plan():
+    leanest = r"the leanest, sequential offload, needs 13\.0 GiB GPU and 67\.3 GiB host memory, and 24\.0 GiB GPU "
+    with pytest.raises(SetupError, match=rf"^no memory plan fits: {leanest}and 64\.0 GiB host are free .*pass "
+                       "--memory sequential to try anyway$"):  # fmt: skip
+        _choose(24, host=64)
+
+
+def test_an_asked_tier_predicted_not_to_fit_is_loaded_with_a_warning(caplog):
+    placement = _choose(24, memory="model")
+    assert (placement.tier, placement.mode, placement.offload) == ("model", "asked", "model")
+    assert "--memory model is predicted not to fit: needs 28.6 of 22.1 GiB usable GPU memory" in caplog.text
+
+
+def test_after_running_out_of_memory_auto_retries_one_tier_leaner_and_asked_tiers_name_the_option():
+    assert retry_tier(_choose(48)) == "fp8-model"
+    assert retry_tier(_choose(48, host=90)) == "fp8-model"
+    with pytest.raises(SetupError, match=r"ran out of GPU memory with model offload \(predicted 28\.6 GiB, 48\.0 "
+                       r"GiB free\); try --memory fp8-model or --vae-tiling$"):  # fmt: skip
+        retry_tier(_choose(48, memory="model"))
+    with pytest.raises(SetupError, match=r"changed by --offload.*try --memory fp8-model"):
+        retry_tier(_choose(48, offload="model"))
+    with pytest.raises(SetupError, match="with sequential offload, VAE tiling .*try fewer --frames or a smaller"):
+        retry_tier(_choose(12, memory="sequential"))
+
+
+def test_memory_tiers_that_offload_need_a_gpu_device():
+    with pytest.raises(InvalidInputError, match="--memory group moves weights to an accelerator; it needs a GPU"):
+        check_placement(get_preset("debug-tiny"), LoadOptions(device="cpu", memory="group"))
+    with pytest.raises(InvalidInputError, match="unknown memory plan 'gguf'; use auto, resident, model, fp8-model"):
+        check_placement(get_preset("debug-tiny"), LoadOptions(device="cpu", memory="gguf"))
+
+
+@pytest.mark.skipif((available_host_gb() or 0) > 100, reason="checks a machine with less memory than the model")
+def test_a_model_larger_than_this_machines_memory_is_refused_before_loading(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the check comes first: nothing is downloaded
+    with pytest.raises(SetupError, match=r"needs about 1\d\d GiB of memory on cpu and \d+ GiB are free; pass "
+                       "--memory resident to try anyway"):  # fmt: skip
+        load_pipeline(get_preset("paper"), LoadOptions(device="cpu"))
+
+
+def test_the_placement_is_recorded_with_the_edit(tiny_dirs):
+    editor = Editor(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", vae_tiling=True))
+    editor.pipe.set_progress_bar_config(disable=True)
+    settings = {"num_frames": 5, "num_inference_steps": 2, "height": 64, "width": 96}
+    edit = editor.edit(PIL.Image.new("RGB", (96, 64)), "x", settings, seed=0)
+    memory = edit.record["memory_plan"]
+    assert (memory["tier"], memory["mode"], memory["offload"], memory["vae_tiling"]) == ("resident", "auto", "none",
+                                                                                        True)  # fmt: skip
+    assert memory["predicted_gpu_gb"] is None and 0 < memory["predicted_host_gb"] < 10
+    assert edit.record["placement"]["offload"] == "none" and edit.record["placement"]["vae_tiling"] is True
+
+
+def _out_of_memory(pipe, step, timestep, tensors):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("memory", ["auto", "resident"])
+def test_running_out_of_memory_in_an_edit_is_one_line_and_the_editor_still_edits(tiny_dirs, memory):
+    editor = Editor(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", memory=memory))
+    editor.pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.new("RGB", (96, 64))
+    settings = {"num_frames": 5, "num_inference_steps": 2, "refine": False, "height": 64, "width": 96}
+    # One memory holds everything on the CPU: there is no leaner placement to retry with.
+    numbers = r"\(predicted 3\.\d GiB, \d+\.\d GiB free\)"
+    with pytest.raises(SetupError, match=rf"^ran out of memory with everything on cpu {numbers}; try fewer --frames "
+                       "or a smaller --height and --width$"):  # fmt: skip
+        editor.edit(image, "x", settings, seed=0, callback=_out_of_memory)
+    assert editor.edit(image, "x", settings, seed=0).result.image.size == (96, 64)

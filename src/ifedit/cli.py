@@ -20,6 +20,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import IFEditError, InvalidInputError, SetupError
 from .io import check_output_path, check_writable, load_image
+from .memory import MEMORY_CHOICES
 from .options import FAST_SETTINGS, check_options, check_seed, edit_settings
 from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
 from .prompting import DEFAULT_LOCAL_MODEL, ENHANCER_CHOICES, INPUT_KINDS
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_toyworld_parsers(commands)
     _add_bench_parsers(commands)
     _add_ui_parser(commands)
+    _add_plan_parser(commands)
     _add_serve_parser(commands)
     commands.add_parser(
         "info",
@@ -161,13 +163,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
         help="weights' dtype; auto is bfloat16 on a GPU, float32 on the CPU",
     )
     model.add_argument(
+        "--memory",
+        default="auto",
+        choices=MEMORY_CHOICES,
+        help="how weights are placed on a CUDA GPU: auto (default) takes the fastest placement predicted to fit "
+        "this GPU and this machine's memory, and retries one leaner on running out; or one of them, fastest first "
+        "(see `ifedit plan`). --offload, --storage-dtype and --vae-tiling replace its choices",
+    )
+    model.add_argument(
         "--offload",
-        default="none",
         choices=["none", "model", "sequential", "group"],
         help="keep weights on the CPU and move them to the GPU as needed: model (whole models, "
-        "small slowdown), group (layer groups, streamed), sequential (least memory, slowest)",
+        "small slowdown), group (layer groups, streamed), sequential (least memory, slowest); default: --memory's",
     )
-    model.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save GPU memory")
+    model.add_argument(
+        "--vae-tiling",
+        action=argparse.BooleanOptionalAction,
+        help="decode in tiles to save GPU memory (default: when --memory finds the decode would not fit)",
+    )
     model.add_argument("--offline", action="store_true", help="use only weights already downloaded")
     model.add_argument("--lora-source", help="Hub id or folder holding the LoRA files (default: the preset's)")
     model.add_argument("--lora-subfolder", help="folder inside --lora-source (default: the preset's)")
@@ -452,6 +465,27 @@ def _add_serve_parser(commands) -> None:
     _add_model_and_sampling_arguments(serve, seed_help="seed of every edit that names none (default: a new one)")
     prompt = _add_prompt_arguments(serve)
     prompt.add_argument("--negative-prompt", help="what to avoid (only used when guidance is above 1)")
+
+
+def _add_plan_parser(commands) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="predict an edit's GPU and host memory for every memory plan, and which one --memory auto takes",
+        description="Predict, without a GPU or any weights, the peak GPU and host memory of one edit for every "
+        "memory plan (fastest first: resident, model, fp8-model, group, gguf, sequential), which fit, and the "
+        "one `--memory auto` would take. The formulas are in src/ifedit/memory.py.",
+        epilog="example: ifedit plan --model paper --gpu-memory 24 --host-memory 64",
+    )
+    plan.add_argument("--model", default=DEFAULT_PRESET, help=f"a preset or a local pipeline folder (default: "
+                      f"{DEFAULT_PRESET})")  # fmt: skip
+    plan.add_argument("--gpu-memory", type=finite_float, required=True, metavar="GB",
+                      help="free GPU memory in GiB (a '24 GB' card has 24)")  # fmt: skip
+    plan.add_argument("--host-memory", type=finite_float, metavar="GB", help="free host memory in GiB (default: "
+                      "not checked)")  # fmt: skip
+    plan.add_argument("--frames", type=int, help="video frames, 4n+1 (default: the preset's)")
+    plan.add_argument("--height", type=int, help="video height in px (default: the preset's area at 480 x 832)")
+    plan.add_argument("--width", type=int, help="video width in px")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def _add_prompt_arguments(parser: argparse.ArgumentParser, input_kind: bool = True) -> argparse._ArgumentGroup:
@@ -756,6 +790,10 @@ def _load_options(args: argparse.Namespace):
         offload=args.offload,
         vae_tiling=args.vae_tiling,
         local_files_only=args.offline,
+        memory=args.memory,
+        plan_frames=getattr(args, "frames", None),
+        plan_height=getattr(args, "height", None),
+        plan_width=getattr(args, "width", None),
         attention_backend=args.attention_backend,
         compile=args.compile,
         first_block_cache=args.first_block_cache,
@@ -909,6 +947,33 @@ def _serve(args: argparse.Namespace) -> int:
     from .serve.command import serve
 
     return serve(args)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .memory import clip_for, format_plan, known_size, plan_memory
+    from .sizes import fit_size, round_frames
+
+    for flag, value in (("--gpu-memory", args.gpu_memory), ("--host-memory", args.host_memory)):
+        if value is not None and value <= 0:
+            raise InvalidInputError(f"{flag} must be a positive number of GiB, got {value:g}")
+    preset = resolve_model(args.model)
+    size = known_size(preset.model_id)
+    if size is None:  # built in memory, or a Hub id that may be in the download cache
+        _quiet_libraries()
+        from .loading import model_size
+
+        size = model_size(preset)
+    if size is None:
+        raise SetupError(f"cannot size {args.model} without its files: download it (`hf download {args.model}`) "
+                         "and pass the folder, or name a preset")  # fmt: skip
+    frames = round_frames(preset.num_frames if args.frames is None else args.frames, size.vae_temporal)
+    height, width = fit_size((832, 480), args.height, args.width, preset.max_area, size.size_multiple)
+    plan = plan_memory(size, clip_for(preset, size, frames, height, width), args.gpu_memory, args.host_memory)
+    if args.json:
+        print(json.dumps({"model": args.model, "model_id": preset.model_id, **plan.to_dict()}, indent=2))
+    else:
+        print(format_plan(plan, args.model))
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

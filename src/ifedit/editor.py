@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 
 from . import __version__
-from .loading import LoadOptions, check_placement, load_pipeline
+from .loading import LoadOptions, check_placement, free_accelerator_memory, load_pipeline, out_of_memory, retry_tier
 from .pipeline import IFEditPipelineOutput
 from .presets import Preset
 from .report import versions
@@ -62,14 +62,17 @@ class Editor:
         """Edit `image`; `prompt` is the video prompt (the instruction itself when None), `seed` drawn if None."""
         seed = new_seed() if seed is None else seed
         prompt = instruction if prompt is None else prompt
-        result = self.pipe(
-            image,
-            prompt,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            return_frames=return_frames,
-            callback_on_step_end=callback,
-            **settings,
+        result = self._run(
+            lambda: self.pipe(
+                image,
+                prompt,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                return_frames=return_frames,
+                callback_on_step_end=callback,
+                **settings,
+            )
         )
+        memory = self.pipe.memory_plan
         record = {
             "ifedit": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -83,13 +86,14 @@ class Editor:
             "placement": {
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
-                "offload": self.options.offload,
-                "vae_tiling": self.options.vae_tiling,
-                "storage_dtype": self.options.storage_dtype,
+                "offload": memory.offload,
+                "vae_tiling": memory.vae_tiling,
+                "storage_dtype": memory.storage_dtype,
                 "first_block_cache": self.options.first_block_cache,
                 "attention_backend": self.options.attention_backend,
                 "compile": self.options.compile,
             },
+            "memory_plan": memory.record(),
             "result": {
                 "selected_index": result.selected_index,
                 "selected_clip_frame": result.selected_clip_frame,
@@ -108,6 +112,23 @@ class Editor:
             "versions": dict(versions()),
         }
         return Edit(result=result, record=record)
+
+    def _run(self, call: Callable[[], IFEditPipelineOutput]) -> IFEditPipelineOutput:
+        """Run an edit; out of GPU memory under --memory auto, reload the model one tier leaner and run it again."""
+        try:
+            return call()
+        except torch.OutOfMemoryError:
+            failed = self.pipe.memory_plan
+            tier = retry_tier(failed)  # the one-line error, with the option to try, when there is no retry
+        progress = getattr(self.pipe, "_progress_bar_config", {})
+        self.pipe = None  # out of the handler, the failed call's tensors are gone; the weights go before reloading
+        free_accelerator_memory()
+        self.pipe = load_pipeline(self.preset, self.options, retry=(failed, tier))
+        self.pipe.set_progress_bar_config(**progress)
+        try:
+            return call()
+        except torch.OutOfMemoryError:
+            raise out_of_memory(self.pipe.memory_plan) from None
 
 
 def model_record(preset: Preset) -> dict[str, Any]:

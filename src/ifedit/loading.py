@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from .errors import InvalidInputError, SetupError
+from .memory import (
+    FLOAT8,
+    GIB,
+    LOADABLE_TIERS,
+    MEMORY_CHOICES,
+    TIER_SPECS,
+    TIERS,
+    VAE_ON_GPU,
+    Clip,
+    ModelSize,
+    Plan,
+    activations,
+    clip_for,
+    device_peak,
+    folder_size,
+    gpu_peak,
+    host_peak,
+    known_size,
+    leaner_tier,
+    plan_memory,
+    size_from_parts,
+)
 from .pipeline import IFEditPipeline
 from .presets import LoraWeights, Preset
 from .tiny import tiny_components
@@ -34,14 +58,21 @@ class LoadOptions:
 
     device: str = "auto"
     dtype: str = "auto"
-    offload: Offload = "none"
-    vae_tiling: bool = False
+    # "auto": the fastest placement predicted to fit (memory.py), or a tier of memory.LOADABLE_TIERS. The three
+    # options after it replace the plan's choice when given; None leaves it to the plan.
+    memory: str = "auto"
+    offload: Offload | None = None
+    vae_tiling: bool | None = None
     local_files_only: bool = False
     # Speed and memory options for the experts; none changes the recipe, some change the numbers slightly.
     attention_backend: str | None = None  # diffusers' attention dispatcher: "native", "flash", "sage", ...
     compile: bool = False  # torch.compile the repeated transformer blocks (regional compilation)
     first_block_cache: float | None = None  # skip a step's remaining blocks when the first block's change is below
     storage_dtype: str | None = None  # one of STORAGE_DTYPES: layerwise casting
+    # The clip the memory plan is sized for; None: the preset's frames and area.
+    plan_frames: int | None = None
+    plan_height: int | None = None
+    plan_width: int | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -85,10 +116,14 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
             f"the {preset.name} weights are not installed at {preset.model_id}; train them with "
             f"`ifedit toyworld train --out DIR` and pass --model DIR"
         )
-    if options.offload not in OFFLOAD_CHOICES:
+    if options.memory not in MEMORY_CHOICES:
+        raise InvalidInputError(f"unknown memory plan {options.memory!r}; use {', '.join(MEMORY_CHOICES)}")
+    if options.offload is not None and options.offload not in OFFLOAD_CHOICES:
         raise InvalidInputError(f"unknown offload {options.offload!r}; use {', '.join(OFFLOAD_CHOICES)}")
-    if options.offload != "none" and device.type == "cpu":
+    if options.offload not in (None, "none") and device.type == "cpu":
         raise InvalidInputError(f"--offload {options.offload} moves weights to an accelerator; it needs a GPU device")
+    if options.memory not in ("auto", "resident") and device.type == "cpu":
+        raise InvalidInputError(f"--memory {options.memory} moves weights to an accelerator; it needs a GPU device")
     if options.storage_dtype is not None and options.storage_dtype not in STORAGE_DTYPES:
         raise InvalidInputError(f"unknown storage dtype {options.storage_dtype!r}; use {', '.join(STORAGE_DTYPES)}")
     if options.first_block_cache is not None and not options.first_block_cache > 0:
@@ -108,28 +143,306 @@ def attention_backends() -> tuple[str, ...]:
     return tuple(backend.value for backend in AttentionBackendName)
 
 
-def load_pipeline(preset: Preset, options: LoadOptions | None = None) -> IFEditPipeline:
-    """Load (or build) the preset's model, apply its scheduler and LoRAs, and place it as `options` ask."""
+def load_pipeline(
+    preset: Preset, options: LoadOptions | None = None, retry: tuple[MemoryPlan, str] | None = None
+) -> IFEditPipeline:
+    """Load (or build) the preset's model, apply its scheduler and LoRAs, and place it as `options` ask: by default
+    the fastest memory plan predicted to fit (checked against the free host memory before loading), one tier leaner
+    if it runs out of GPU memory all the same. `retry` is (the placement that ran out of memory, the tier to use
+    instead). The placement is kept as `pipe.memory_plan`."""
     options = options or LoadOptions()
     device, dtype = check_placement(preset, options)
+    mode = None
+    if retry is not None:
+        _warn_retry(*retry)
+        options, mode = dataclasses.replace(options, memory=retry[1]), "retry"
+    size = model_size(preset)
+    placement = None if size is None else plan_placement(preset, options, device, dtype, size, mode)
     logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
     if preset.model_id is None:
         pipe = IFEditPipeline(**tiny_components("a14b"))
-
     else:
         pipe = _from_pretrained(preset.model_id, dtype, options.local_files_only)
     _set_scheduler(pipe, preset)
     for lora in preset.loras:
         _load_lora(pipe, lora, options.local_files_only)
-    if options.vae_tiling:
+    if placement is None:  # a model only sized once its files are here
+        size = pipeline_size(pipe)
+        placement = plan_placement(preset, options, device, dtype, size, mode)
+    try:
+        apply_placement(pipe, placement, device, dtype, options)
+    except torch.OutOfMemoryError:
+        tier = retry_tier(placement)
+    else:
+        return _placed(pipe, placement, options)
+    # Out of the handler, so the failed placement's memory is free again. Only "resident" allocates while placing,
+    # so moving back to the CPU undoes it.
+    pipe.to("cpu")
+    free_accelerator_memory()
+    _warn_retry(placement, tier)
+    placement = plan_placement(preset, dataclasses.replace(options, memory=tier), device, dtype, size, "retry")
+    try:
+        apply_placement(pipe, placement, device, dtype, options)
+    except torch.OutOfMemoryError:
+        raise out_of_memory(placement) from None
+    return _placed(pipe, placement, options)
+
+
+def apply_placement(
+    pipe: IFEditPipeline, placement: MemoryPlan, device: torch.device, dtype: torch.dtype, options: LoadOptions
+) -> None:
+    """VAE tiling, expert storage and offload as `placement` says, for a pipeline whose weights are on the CPU."""
+    if placement.vae_tiling:
         pipe.vae.enable_tiling()
-    experts = [getattr(pipe, name) for name in EXPERTS if getattr(pipe, name) is not None]
-    for expert in experts:  # before placement: group offloading moves the 8-bit weights, not the full ones
-        store_expert(expert, options, dtype)
-    _place(pipe, device, options.offload)
-    for expert in experts:
-        speed_up_expert(expert, options)
+    else:
+        pipe.vae.disable_tiling()
+    stored = dataclasses.replace(options, storage_dtype=placement.storage_dtype)
+    for name in EXPERTS:  # before placement: group offloading moves the 8-bit weights, not the full ones
+        if getattr(pipe, name) is not None:
+            store_expert(getattr(pipe, name), stored, dtype)
+    _place(pipe, device, placement.offload)
+
+
+def _placed(pipe: IFEditPipeline, placement: MemoryPlan, options: LoadOptions) -> IFEditPipeline:
+    for name in EXPERTS:
+        if getattr(pipe, name) is not None:
+            speed_up_expert(getattr(pipe, name), options)
+    pipe.memory_plan = placement
+    if placement.device == "cuda":
+        logger.info("memory plan: %s", placement.describe())
     return pipe
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a pipeline's weights were placed and why: the tier, what it came to, and the predicted peaks."""
+
+    tier: str  # a memory.TIERS name; "resident" off CUDA
+    mode: str  # "auto", "asked" (--memory TIER) or "retry" (one tier leaner after running out of memory)
+    offload: str
+    storage_dtype: str | None
+    vae_tiling: bool
+    device: str  # the device type
+    clip: Clip | None
+    gpu_gb: float | None  # predicted peaks in GiB (no GPU figure off CUDA)
+    host_gb: float | None
+    free_gpu_gb: float | None
+    free_host_gb: float | None
+    overridden: tuple[str, ...] = ()  # the options that replaced the tier's choices
+    plan: Plan | None = None  # every tier's prediction, on CUDA
+
+    def placement(self) -> str:
+        """What was done, e.g. "model offload, VAE tiling"."""
+        what = TIER_SPECS[self.tier].description if self.device == "cuda" else f"everything on {self.device}"
+        if self.vae_tiling:
+            what += ", VAE tiling"
+        if self.overridden:
+            what += f" (changed by {', '.join(self.overridden)})"
+        return what
+
+    def describe(self) -> str:
+        """The placement and its predicted peaks, as the log says it."""
+        peaks = [f"{self.gpu_gb:.1f} GiB GPU"] if self.gpu_gb is not None else []
+        peaks += [f"{self.host_gb:.1f} GiB host"] if self.host_gb is not None else []
+        return self.placement() + (f", predicted peak {' / '.join(peaks)}" if peaks else "")
+
+    def record(self) -> dict[str, Any]:
+        """What an edit's JSON record keeps."""
+        rounded = {
+            key: None if value is None else round(value, 2)
+            for key, value in (
+                ("predicted_gpu_gb", self.gpu_gb),
+                ("predicted_host_gb", self.host_gb),
+                ("free_gpu_gb", self.free_gpu_gb),
+                ("free_host_gb", self.free_host_gb),
+            )
+        }
+        clip = None if self.clip is None else {"frames": self.clip.frames, "height": self.clip.height,
+                                                "width": self.clip.width}  # fmt: skip
+        return {
+            "tier": self.tier,
+            "mode": self.mode,
+            "description": self.describe(),
+            "offload": self.offload,
+            "storage_dtype": self.storage_dtype,
+            "vae_tiling": self.vae_tiling,
+            "planned_clip": clip,
+            **rounded,
+            "overridden_by": list(self.overridden),
+        }
+
+
+def plan_placement(
+    preset: Preset,
+    options: LoadOptions,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: ModelSize,
+    mode: str | None = None,
+) -> MemoryPlan:
+    """Read the free GPU (CUDA only) and host memory and choose the placement for `size`."""
+    clip = clip_for(preset, size, options.plan_frames, options.plan_height, options.plan_width)
+    free_gpu = torch.cuda.mem_get_info(device)[0] / GIB if device.type == "cuda" else None
+    return choose_placement(options, size, clip, device.type, _bytes(dtype), free_gpu, available_host_gb(), mode)
+
+
+def choose_placement(
+    options: LoadOptions,
+    size: ModelSize,
+    clip: Clip,
+    device_type: str,
+    dtype_bytes: int,
+    free_gpu_gb: float | None,
+    free_host_gb: float | None,
+    mode: str | None = None,
+) -> MemoryPlan:
+    """The placement `options` ask for, given the free memory: the plan's choice under --memory auto (a one-line
+    error when nothing fits), the asked tier otherwise (a warning when it is predicted not to fit), and the
+    --offload, --storage-dtype and --vae-tiling given on top."""
+    mode = mode or ("auto" if options.memory == "auto" else "asked")
+    if device_type != "cuda":  # one memory holds everything: only the host's room is checked
+        host = device_peak(size, clip, dtype_bytes)
+        if free_host_gb is not None and host > free_host_gb:
+            message = (
+                f"this model needs about {host:.0f} GiB of memory on {device_type} and {free_host_gb:.0f} GiB are free"
+            )
+            if mode == "auto":
+                raise SetupError(f"{message}; pass --memory resident to try anyway")
+            logger.warning("%s", message)
+        offload = options.offload or "none"
+        tiling = bool(options.vae_tiling)
+        return MemoryPlan("resident", mode, offload, options.storage_dtype, tiling, device_type, clip, None, host,
+                          None, free_host_gb)  # fmt: skip
+    plan = plan_memory(size, clip, free_gpu_gb, free_host_gb, dtype_bytes=dtype_bytes)
+    if options.memory == "auto":
+        if plan.chosen is None:
+            raise SetupError(_nothing_fits(plan))
+        tier = plan.tier(plan.chosen)
+    else:
+        tier = plan.tier(options.memory)
+        if not tier.fits:
+            logger.warning("--memory %s is predicted not to fit: %s", tier.name, tier.note)
+    spec = tier.spec
+    storage = FLOAT8 if spec.experts == "float8" else None
+    given = {"--offload": options.offload, "--storage-dtype": options.storage_dtype}
+    given["--vae-tiling"] = options.vae_tiling
+    overridden = tuple(flag for flag, value in given.items() if value is not None)
+    offload = options.offload or spec.offload
+    storage = options.storage_dtype if options.storage_dtype is not None else storage
+    tiling = options.vae_tiling if options.vae_tiling is not None else tier.vae_tiling
+    gpu, host = tier.gpu_gb, tier.host_gb
+    if overridden:  # a combination of its own: predict it
+        experts = "float8" if storage else "dtype"
+        acts = activations(size, clip, dtype_bytes, VAE_ON_GPU)
+        gpu = gpu_peak(size, acts, offload, experts, dtype_bytes, tiling) / GIB
+        host = host_peak(size, offload, experts, dtype_bytes) / GIB
+    return MemoryPlan(tier.name, mode, offload, storage, tiling, "cuda", clip, gpu, host, free_gpu_gb, free_host_gb,
+                      overridden, plan)  # fmt: skip
+
+
+def _nothing_fits(plan: Plan) -> str:
+    leanest = min((tier for tier in plan.tiers if tier.name != "gguf"), key=lambda tier: (tier.gpu_gb, tier.host_gb))
+    host = "" if plan.host_free_gb is None else f" and {plan.host_free_gb:.1f} GiB host"
+    return (
+        f"no memory plan fits: the leanest, {leanest.describe()}, needs {leanest.gpu_gb:.1f} GiB GPU and "
+        f"{leanest.host_gb:.1f} GiB host memory, and {plan.gpu_free_gb:.1f} GiB GPU{host} are free (see `ifedit "
+        f"plan`); pass --memory {leanest.name} to try anyway"
+    )
+
+
+def retry_tier(placement: MemoryPlan) -> str:
+    """The tier to retry with after running out of GPU memory: the next leaner one that fits, under --memory auto
+    with no option replacing its choices; otherwise the one-line error that names the option to try."""
+    if placement.mode == "auto" and not placement.overridden and placement.plan is not None:
+        tier = leaner_tier(placement.plan, placement.tier)
+        if tier is not None:
+            return tier
+    raise out_of_memory(placement) from None
+
+
+def out_of_memory(placement: MemoryPlan) -> SetupError:
+    """The error for running out of GPU memory with `placement`, naming what to try next."""
+    later = [tier for tier in LOADABLE_TIERS if TIERS.index(tier) > TIERS.index(placement.tier)]
+    on_gpu = placement.device == "cuda"  # else one memory holds everything
+    predicted, free = placement.gpu_gb, placement.free_gpu_gb
+    if not on_gpu:
+        predicted, free = placement.host_gb, placement.free_host_gb
+    numbers = [] if predicted is None else [f"predicted {predicted:.1f} GiB"]
+    numbers += [] if free is None else [f"{free:.1f} GiB free"]
+    said = f" ({', '.join(numbers)})" if numbers else ""
+    smaller = "fewer --frames or a smaller --height and --width"
+    if not on_gpu:
+        return SetupError(f"ran out of memory with {placement.placement()}{said}; try {smaller}")
+    advice = f"try --memory {later[0]}" if later else f"try {smaller}"
+    if not placement.vae_tiling:
+        advice += " or --vae-tiling"
+    return SetupError(f"ran out of GPU memory with {placement.placement()}{said}; {advice}")
+
+
+def _warn_retry(failed: MemoryPlan, tier: str) -> None:
+    logger.warning("ran out of GPU memory with %s; trying %s", failed.describe(), TIER_SPECS[tier].description)
+
+
+def free_accelerator_memory() -> None:
+    """Return the memory of dropped tensors to the device, so a leaner placement can use it."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def model_size(preset: Preset) -> ModelSize | None:
+    """The preset's model size before loading its weights: built in, published, read from its folder or from the
+    Hub's download cache; None when only loading it will tell."""
+    if preset.model_id is None:
+        return pipeline_size(IFEditPipeline(**tiny_components("a14b")))
+    try:
+        size = known_size(preset.model_id)
+        if size is not None or Path(preset.model_id).expanduser().is_dir():
+            return size
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(preset.model_id, "model_index.json")
+        return folder_size(Path(cached).parent) if isinstance(cached, str) else None
+    except SetupError:
+        return None  # loading it says what is wrong with its files
+
+
+def pipeline_size(pipe: IFEditPipeline) -> ModelSize:
+    """The size of a built or loaded pipeline, from its modules."""
+    parts = {}
+    for name in ("transformer", "transformer_2", "text_encoder", "vae", "image_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+            parts[name] = (config, {key: value.numel() for key, value in module.named_parameters()})
+    return size_from_parts(parts, bool(pipe.config.expand_timesteps))
+
+
+def available_host_gb() -> float | None:
+    """Host memory this process can still take, in GiB: the kernel's MemAvailable, or less under a container's
+    limit; None where neither can be read."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return None
+    try:  # cgroup v2: a container may hold far less than the machine has free
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            room = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = room if available is None else min(available, room)
+    except (OSError, ValueError):
+        pass
+    return None if available is None else available / GIB
+
+
+def _bytes(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
 
 
 def store_expert(expert, options: LoadOptions, compute_dtype: torch.dtype) -> None:
