@@ -38,12 +38,14 @@ def contact_sheet(
     scale = thumb_width / frames[0].width
     thumb_size = (thumb_width, max(1, round(frames[0].height * scale)))
     font = PIL.ImageFont.load_default()
-    caption_height, border = 22, 4
+    lines = [_wrap(label, font, thumb_width) for label in labels]
+    line_height, border = 14, 4
+    caption_height = 8 + line_height * max(len(label_lines) for label_lines in lines)
     sheet = PIL.Image.new(
         "RGB", (len(frames) * (thumb_size[0] + 2 * border), thumb_size[1] + 2 * border + caption_height), "white"
     )
     draw = PIL.ImageDraw.Draw(sheet)
-    for position, (frame, label) in enumerate(zip(frames, labels, strict=True)):
+    for position, (frame, label) in enumerate(zip(frames, lines, strict=True)):
         left = position * (thumb_size[0] + 2 * border)
         if position == selected:
             draw.rectangle(
@@ -51,8 +53,25 @@ def contact_sheet(
             )
         sheet.paste(frame.resize(thumb_size, PIL.Image.Resampling.LANCZOS), (left + border, border))
         colour = SELECTED_COLOUR if position == selected else (0, 0, 0)
-        draw.text((left + border, thumb_size[1] + 2 * border + 4), label, fill=colour, font=font)
+        for row, text in enumerate(label):
+            draw.text(
+                (left + border, thumb_size[1] + 2 * border + 4 + row * line_height), text, fill=colour, font=font
+            )
     return sheet
+
+
+def _wrap(label: str, font, width: int) -> list[str]:
+    """A caption broken into lines at spaces so that each fits `width` pixels (a word longer than that is cut)."""
+    lines: list[str] = []
+    for word in label.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width:
+            lines[-1] = candidate
+        else:
+            while font.getlength(word) > width and len(word) > 1:
+                word = word[:-1]
+            lines.append(word)
+    return lines or [""]
 
 
 def candidate_sheet(frames: Sequence[PIL.Image.Image], scores: dict[int, float], selected: int) -> PIL.Image.Image:

@@ -41,11 +41,12 @@ def run_demo(preset: Preset, output: Path, log: Callable[[str], None] = print) -
         successes.append(score.success)
         log(f"{case.instruction!r}: {'met the target' if score.success else 'missed the target'}")
         frames = [PIL.Image.fromarray(clip[0]), edit.result.image, PIL.Image.fromarray(clip[-1])]
-        labels = ["source", case.instruction[:34], "target"]
+        labels = ["source", case.instruction, "target"]
         rows.append(contact_sheet(frames, labels, thumb_width=160))
-    picture = PIL.Image.new("RGB", (rows[0].width, sum(row.height for row in rows)), "white")
+    row_height = max(row.height for row in rows)  # captions of one or two lines: rows of one height
+    picture = PIL.Image.new("RGB", (rows[0].width, len(rows) * row_height), "white")
     for position, row in enumerate(rows):
-        picture.paste(row, (0, position * rows[0].height))
+        picture.paste(row, (0, position * row_height))
     save_image(picture, output)
     seconds = time.perf_counter() - start
     log(f"{sum(successes)}/{len(successes)} edits met their target in {seconds:.1f} s; wrote {output}")
