@@ -20,20 +20,25 @@ from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, get_prese
 from ifedit.prompting import enhance
 from ifedit.toyworld.detect import MOVING_EVENTS, move_error, score_edit
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
+from observe import laplacian_variance_of, recorded_calls
 
 SCENES_PER_EVENT = 2
 QUALITY_SEED_START = EVAL_SEED_START + 50_000  # apart from the evaluation's 110 scenes and the demo's
 MIN_SUCCESS = 0.15  # of the changing events, measured 0.25 (copying the source meets none of them)
 MAX_MOVE_ERROR_RATIO = 0.6  # mean distance of moved shapes from their targets over copying's, measured 0.32
-MAX_BACKGROUND_ERROR = 12.0  # mean 0-255 error on the rest of the picture, measured 7.2
+MAX_BACKGROUND_ERROR = 12.0  # mean 0-255 error on the rest of the picture in edits that met their target: 8.8
 
 
 @pytest.fixture(scope="module")
-def edits():
-    preset = get_preset("toyworld")
-    editor = Editor(preset, LoadOptions(device="cpu"))
+def editor() -> Editor:
+    editor = Editor(get_preset("toyworld"), LoadOptions(device="cpu"))
     editor.pipe.set_progress_bar_config(disable=True)
-    settings = edit_settings(preset)
+    return editor
+
+
+@pytest.fixture(scope="module")
+def edits(editor):
+    settings = edit_settings(editor.preset)
     results = []
     for index in range(SCENES_PER_EVENT * len(EVENTS)):
         case = sample_case(QUALITY_SEED_START + index, EVENTS[index % len(EVENTS)])
@@ -52,6 +57,22 @@ def test_the_weights_ship_with_the_package_and_record_their_training():
     assert record["expert_losses"][-1] < record["expert_losses"][0] / 4, "the experts' loss fell while they trained"
 
 
+def test_the_preset_edits_with_both_experts_dropout_and_the_sharpest_frame(editor):
+    """Mutations: experts swapped, temporal latent dropout never happening, the blurriest late frame chosen.
+
+    17 frames are 5 latent frames, K = 3 keeps 0, 3 and 4; the uniform 12-step grid at shift 5 has five steps at or
+    above the boundary t = 900, where the high-noise expert runs on the whole clip.
+    """
+    case = sample_case(QUALITY_SEED_START, "right")
+    source = PIL.Image.fromarray(render_clip(case)[0])
+    with recorded_calls(editor.pipe) as calls:
+        result = editor.edit(source, case.instruction, edit_settings(editor.preset), seed=0).result
+    assert [(call.expert, call.frames) for call in calls] == [("transformer", 5)] * 5 + [("transformer_2", 3)] * 7
+    assert result.kept_latent_frames == [0, 3, 4] and result.refine_sharpness is None
+    assert laplacian_variance_of(np.asarray(result.image)) == pytest.approx(max(result.sharpness.values()), rel=1e-4)
+    assert result.selected_index == max(result.sharpness, key=result.sharpness.get)
+
+
 def test_edits_meet_their_targets_where_copying_meets_none(edits):
     changed = [(edit, copy) for case, edit, copy in edits if case.event != "still"]
     success = np.mean([edit.success for edit, _ in changed])
@@ -66,12 +87,16 @@ def test_moved_shapes_land_near_their_targets(edits):
     assert edit_error <= MAX_MOVE_ERROR_RATIO * copy_error, f"{edit_error:.1f} px vs copying's {copy_error:.1f} px"
 
 
-def test_the_rest_of_the_picture_is_kept(edits):
-    error = np.mean([edit.background_error for _, edit, _ in edits])
-    assert error < MAX_BACKGROUND_ERROR, f"mean background error {error:.1f}"
+def test_edits_that_make_their_change_keep_the_rest_of_the_picture(edits):
+    """Copying the source keeps the background perfectly and changes nothing: only edits that met their target
+    count, so a do-nothing edit fails here."""
+    made = [edit for case, edit, _ in edits if case.event != "still" and edit.success]
+    assert made, "no edit made its change"
+    error = np.mean([edit.background_error for edit in made])
+    assert error < MAX_BACKGROUND_ERROR, f"mean background error {error:.1f} over {len(made)} edits"
 
 
-def test_demo_writes_its_picture_in_seconds(tmp_path, capsys):
+def test_demo_writes_a_row_per_event_and_says_how_many_met_their_target(tmp_path, capsys):
     output = tmp_path / "demo.png"
     assert main(["demo", "-o", str(output)]) == 0
     picture = PIL.Image.open(output)
