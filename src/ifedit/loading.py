@@ -69,6 +69,9 @@ class LoadOptions:
     compile: bool = False  # torch.compile the repeated transformer blocks (regional compilation)
     first_block_cache: float | None = None  # skip a step's remaining blocks when the first block's change is below
     storage_dtype: str | None = None  # one of STORAGE_DTYPES: layerwise casting
+    # Expert checkpoints as single files (checkpoints.py), replacing the model's own experts.
+    transformer: str | None = None
+    transformer_2: str | None = None
     # The clip the memory plan is sized for; None: the preset's frames and area.
     plan_frames: int | None = None
     plan_height: int | None = None
