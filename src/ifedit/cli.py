@@ -188,6 +188,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     model.add_argument("--lora-low", metavar="FILE", help="LoRA file for the low-noise expert (transformer_2)")
     model.add_argument("--lora-scale", type=finite_float, help="weight of the LoRAs (default: 1.0)")
     model.add_argument("--no-lora", action="store_true", help="load the model without the preset's LoRAs")
+    model.add_argument(
+        "--transformer",
+        metavar="FILE",
+        help="load the high-noise expert (a one-expert model's transformer) from FILE instead of the model's: "
+        ".safetensors with Wan's or diffusers' names (bfloat16, float16, float8, ComfyUI's fp8 scaled), or .gguf "
+        "(Q8_0, Q4_K, ...; placed by the gguf memory tier)",
+    )
+    model.add_argument("--transformer-2", metavar="FILE", help="load the low-noise expert from FILE, as --transformer")
 
     speed = parser.add_argument_group("speed (see the README's Performance section)")
     speed.add_argument(
@@ -798,6 +806,8 @@ def _load_options(args: argparse.Namespace):
         compile=args.compile,
         first_block_cache=args.first_block_cache,
         storage_dtype=args.storage_dtype,
+        transformer=args.transformer,
+        transformer_2=args.transformer_2,
     )
 
 
