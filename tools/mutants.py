@@ -1,6 +1,7 @@
 """Plant deliberate bugs in a copy of the method's source and check that the tests catch every one.
 
-    python tools/mutants.py            # every mutation; exits 1 if any survives, goes stale or errs
+    python tools/mutants.py            # every mutation; exit 1 if any survives, goes stale or errs, 2 if the
+                                       # unmutated copy already fails the named tests
     python tools/mutants.py --list     # their names
     python tools/mutants.py NAME ...   # only these
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT_S = 900  # per mutation; the slowest named test set takes about a minute
+TIMEOUT_S = 900  # per mutation; the slowest named test set takes well under a minute
 
 
 @dataclass(frozen=True)
@@ -311,22 +312,23 @@ def snapshot(destination: Path) -> Path:
 
 def environment(tree: Path) -> dict[str, str]:
     """Imports resolve to the copy, never to the editable install of the working tree; no bytecode is cached."""
-    env = dict(os.environ, PYTHONPATH=str(tree / "src"), PYTHONDONTWRITEBYTECODE="1")
-    return env
+    return dict(os.environ, PYTHONPATH=str(tree / "src"), PYTHONDONTWRITEBYTECODE="1")
 
 
 def check_import(tree: Path) -> None:
+    """Stop unless the copy's interpreter imports ifedit from the copy."""
     found = subprocess.run(
         [sys.executable, "-c", "import ifedit; print(ifedit.__file__)"],
         cwd=tree, env=environment(tree), capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    if not Path(found).is_relative_to(tree):
+    if not Path(found).resolve().is_relative_to(tree.resolve()):
         sys.exit(f"mutants: the copy imports ifedit from {found}, not from {tree / 'src'}")
 
 
 def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[str, str]:
     """Run `tests` in the copy: ("passed" | "failed" | "error" | "timeout", a short account)."""
     report = tree / "junit.xml"
+    report.unlink(missing_ok=True)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *tests]
     try:
         done = subprocess.run(command, cwd=tree, env=environment(tree), capture_output=True, text=True,
