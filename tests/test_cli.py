@@ -273,3 +273,16 @@ def test_toyworld_gets_its_template_without_a_vlm_notice(tmp_path, capsys):
     assert "VLM" not in err and "wrote" in err
     enhancement = json.loads(output.with_suffix(".json").read_text())["prompt_enhancement"]
     assert enhancement["backend"] == "template" and enhancement["fallbacks"] == []
+
+
+def test_the_readme_no_gpu_example_runs(tmp_path):
+    """The commands of the README's "No GPU? Start here" block, with the photo it ships."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    command = next(line for line in readme.splitlines() if line.startswith("ifedit edit docs/example.png"))
+    arguments = __import__("shlex").split(command.split("#")[0])[1:]
+    arguments[1] = str(Path(__file__).parents[1] / arguments[1])
+    arguments[arguments.index("-o") + 1] = str(tmp_path / "edited.png")
+    assert main(arguments) == 0
+    assert PIL.Image.open(tmp_path / "edited.png").size == (64, 64)
