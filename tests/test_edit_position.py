@@ -97,7 +97,8 @@ def test_cli_records_the_position_and_frame(tmp_path, tiny_dirs, source_image, c
     source = tmp_path / "source.png"
     source_image.save(source)
     output = tmp_path / "o.png"
-    model = ["--model", tiny_dirs["a14b"], "--steps", "2", "--frames", "17", "--height", "64", "--width", "96"]
+    model = ["--model", tiny_dirs["a14b"], "--no-lora", "--steps", "2", "--frames", "17", "--height", "64", "--width",
+             "96"]  # fmt: skip
     code = main(["edit", str(source), "the square slides right", "-o", str(output), *model, "--edit-position", "0.3",
                  "-q"])  # fmt: skip
     assert code == 0

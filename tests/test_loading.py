@@ -4,6 +4,7 @@ import dataclasses
 import json
 import shutil
 
+import huggingface_hub
 import PIL.Image
 import pytest
 import torch
@@ -108,15 +109,23 @@ def test_vae_tiling_option(tiny_dirs):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
 def test_large_presets_say_what_to_do_without_a_gpu():
-    with pytest.raises(SetupError, match="needs a CUDA GPU .*--model debug-tiny.*--device cpu"):
+    with pytest.raises(SetupError, match="needs a CUDA GPU .*--model toyworld for real edits on a CPU .*--model "
+                       "debug-tiny.*--device cpu"):  # fmt: skip
         load_pipeline(get_preset("paper"), LoadOptions())
 
 
-def test_missing_download_says_how_to_get_the_weights(monkeypatch):
+@pytest.mark.parametrize("local_files_only", [True, False])
+def test_missing_download_says_how_to_get_the_weights_not_what_the_libraries_said(monkeypatch, local_files_only):
+    # diffusers' and huggingface_hub's own words here speak of `local_files_only` or of "the stacktrace above".
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     preset = resolve_model("nobody-here/no-such-wan-model")
-    with pytest.raises(SetupError, match="could not get nobody-here/no-such-wan-model .*hf download"):
-        load_pipeline(preset, LoadOptions(device="cpu", local_files_only=True))
+    with pytest.raises(SetupError) as error:
+        load_pipeline(preset, LoadOptions(device="cpu", local_files_only=local_files_only))
+    message = str(error.value)
+    assert message.startswith("could not get nobody-here/no-such-wan-model: it is not in this machine's Hugging Face")
+    assert "run `hf download nobody-here/no-such-wan-model`" in message and "drop --offline" in message
+    assert "stacktrace" not in message and "local_files_only" not in message and "\n" not in message
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +202,7 @@ def test_folders_published_for_diffusers_pipelines_load(tmp_path, tiny_dirs, var
     for key in drop:
         index.pop(key)
     (folder / "model_index.json").write_text(json.dumps(index))
-    pipe = load_pipeline(resolve_model(str(folder)), CPU)
+    pipe = load_pipeline(resolve_model(str(folder)).with_loras(()), CPU)  # the A14B's recipe without its LoRAs
     assert isinstance(pipe, IFEditPipeline)
     assert pipe.config.expand_timesteps == (variant == "ti2v")
     assert (pipe.transformer_2 is not None) == (variant == "a14b")
@@ -254,8 +263,9 @@ def test_after_running_out_of_memory_auto_retries_one_tier_leaner_and_asked_tier
 def test_memory_tiers_that_offload_need_a_gpu_device():
     with pytest.raises(InvalidInputError, match="--memory group moves weights to an accelerator; it needs a GPU"):
         check_placement(get_preset("debug-tiny"), LoadOptions(device="cpu", memory="group"))
-    with pytest.raises(InvalidInputError, match="unknown memory plan 'gguf'; use auto, resident, model, fp8-model"):
-        check_placement(get_preset("debug-tiny"), LoadOptions(device="cpu", memory="gguf"))
+    with pytest.raises(InvalidInputError, match="^unknown memory plan 'fp4'; use auto, resident, model, fp8-model, "
+                       "group, gguf, sequential$"):  # fmt: skip
+        check_placement(get_preset("debug-tiny"), LoadOptions(device="cpu", memory="fp4"))
 
 
 @pytest.mark.skipif((available_host_gb() or 0) > 100, reason="checks a machine with less memory than the model")

@@ -24,7 +24,7 @@ FAST = {"num_inference_steps": 2, "num_frames": 5, "refine": True, "refine_steps
 
 @pytest.fixture(scope="module")
 def app(tiny_dirs):
-    editor = Editor(resolve_model(tiny_dirs["a14b"]), LoadOptions(device="cpu"))
+    editor = Editor(resolve_model(tiny_dirs["a14b"]).with_loras(()), LoadOptions(device="cpu"))  # as --no-lora
     editor.pipe.set_progress_bar_config(disable=True)
     return ui.EditorApp(editor, lambda image, text: enhance(image, text, enhancer="template"))
 
@@ -167,7 +167,7 @@ def test_the_page_has_the_ids_scripts_drive_and_examples(app):
 def test_ui_loads_the_model_as_edit_does(tiny_dirs, monkeypatch):
     served = []
     monkeypatch.setattr(ui, "serve", lambda app, host, port, share: served.append(app))
-    argv = ["ui", "--model", tiny_dirs["a14b"], "--device", "cpu", "--dtype", "float32", "--vae-tiling",
+    argv = ["ui", "--model", tiny_dirs["a14b"], "--no-lora", "--device", "cpu", "--dtype", "float32", "--vae-tiling",
             "--first-block-cache", "0.05", "--prompt-enhancer", "template"]  # fmt: skip
     assert main(argv) == 0
     [app] = served

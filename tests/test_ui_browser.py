@@ -49,7 +49,7 @@ def server(tiny_dirs, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = (tmp_path / "server.log").open("w")
-    command = [sys.executable, "-m", "ifedit", "ui", "--model", tiny_dirs["a14b"], "--port", str(port)]
+    command = [sys.executable, "-m", "ifedit", "ui", "--model", tiny_dirs["a14b"], "--no-lora", "--port", str(port)]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"})
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -80,7 +80,7 @@ class Editor:
             "instruction": instruction,
             "prompt": prompt,
             "prompt_enhancement": prompt_provenance or {"backend": "none"},
-            "model": model_record(self.preset),
+            "model": {**model_record(self.preset), **self.pipe.weights_record},
             "seed": seed,
             "settings": {**settings, "height": result.height, "width": result.width, "num_frames": result.num_frames},
             "placement": {

@@ -11,8 +11,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
 
+from .checkpoints import (
+    ExpertFile,
+    ExpertLayout,
+    cached_hub_file,
+    check_expert_file,
+    expert_layout,
+    load_expert,
+    local_loras,
+    read_expert_header,
+)
 from .errors import InvalidInputError, SetupError
 from .memory import (
     FLOAT8,
@@ -35,6 +45,7 @@ from .memory import (
     leaner_tier,
     plan_memory,
     size_from_parts,
+    weights_of,
 )
 from .pipeline import IFEditPipeline
 from .presets import LoraWeights, Preset
@@ -50,6 +61,9 @@ FLOAT32_COMPONENTS = ("vae", "image_encoder")
 # Weights kept in 8 bits between uses and cast up layer by layer to the compute dtype (half the experts' memory).
 STORAGE_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 EXPERTS = ("transformer", "transformer_2")
+# Phrases of diffusers' and huggingface_hub's messages that speak of their own arguments or of a traceback the
+# command line never shows: such a message gives way to its cause's.
+LIBRARY_PHRASES = ("stacktrace above", "local_files_only")
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,7 @@ class LoadOptions:
 
     device: str = "auto"
     dtype: str = "auto"
-    # "auto": the fastest placement predicted to fit (memory.py), or a tier of memory.LOADABLE_TIERS. The three
+    # "auto": the fastest placement predicted to fit (memory.py), or a tier of memory.TIERS. The three
     # options after it replace the plan's choice when given; None leaves it to the plan.
     memory: str = "auto"
     offload: Offload | None = None
@@ -111,8 +125,8 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
     if preset.gpu_memory_gb and device.type == "cpu" and options.device == "auto":
         raise SetupError(
             f"model {preset.name!r} needs a CUDA GPU (about {preset.gpu_memory_gb:.0f} GB, less with --offload "
-            "model) and none was found; try --model debug-tiny to check the install on a CPU, or pass "
-            "--device cpu to run it on the CPU anyway (hours per edit)"
+            "model) and none was found; try --model toyworld for real edits on a CPU (or --model debug-tiny to check "
+            "the install), or pass --device cpu to run it on the CPU anyway (hours per edit)"
         )
     if preset.model_id and Path(preset.model_id).is_absolute() and not Path(preset.model_id).is_dir():
         raise SetupError(
@@ -135,7 +149,67 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
         raise InvalidInputError(
             f"unknown attention backend {options.attention_backend!r}; use one of {', '.join(attention_backends())}"
         )
+    _check_experts(options, expert_files(preset, options))
+    local_loras(preset, offline=_offline(preset, options))  # a missing LoRA stops here, before anything loads
     return device, dtype
+
+
+def _check_experts(options: LoadOptions, files: dict[str, tuple[ExpertFile, ExpertLayout]]) -> None:
+    """GGUF experts are placed by the gguf memory tier alone: refuse the options that would store them otherwise."""
+    gguf = any(file.is_gguf for file, _ in files.values())
+    if options.memory == "gguf" and not gguf:
+        raise InvalidInputError("--memory gguf places GGUF experts: pass them with --transformer/--transformer-2")
+    if gguf and options.memory not in ("auto", "gguf"):
+        raise InvalidInputError(f"--memory {options.memory} keeps the experts in --dtype; GGUF experts take "
+                                "--memory gguf (or auto)")  # fmt: skip
+    if gguf and options.storage_dtype:
+        raise InvalidInputError("--storage-dtype stores experts in 8 bits; GGUF experts are quantised already")
+
+
+def expert_files(preset: Preset, options: LoadOptions) -> dict[str, tuple[ExpertFile, ExpertLayout]]:
+    """The expert files `options` name, read from their headers and checked against the experts of the preset's
+    model they replace, before any weight loads."""
+    pairs = zip(EXPERTS, (options.transformer, options.transformer_2), strict=True)
+    given = {name: path for name, path in pairs if path}
+    if not given:
+        return {}
+    flags = {name: "--" + name.replace("_", "-") for name in given}
+    paths = {name: check_expert_file(path, flags[name]) for name, path in given.items()}
+    if preset.model_id is None:
+        raise InvalidInputError(f"{', '.join(flags.values())} replace experts of a model in a folder or on the Hub; "
+                                f"{preset.name} is built in memory")  # fmt: skip
+    index = _config(IFEditPipeline, preset.model_id, None, options.local_files_only)
+    in_model = [name for name in EXPERTS if (index.get(name) or [None])[0]]
+    files = {}
+    for name, path in paths.items():
+        if name not in in_model:
+            raise InvalidInputError(f"{flags[name]} {path}: model {preset.model_id} has no {name}")
+        layout = expert_layout(_config(WanTransformer3DModel, preset.model_id, name, options.local_files_only))
+        files[name] = (read_expert_header(path, layout), layout)
+    gguf = [name for name, (file, _) in files.items() if file.is_gguf]
+    if gguf and len(gguf) < len(in_model):
+        raise InvalidInputError(f"this model has {len(in_model)} experts and GGUF files were given for "
+                                f"{len(gguf)}: the gguf memory tier places GGUF experts only, so pass both "
+                                "--transformer and --transformer-2 as .gguf")  # fmt: skip
+    return files
+
+
+def _config(cls, model_id: str, subfolder: str | None, local_files_only: bool) -> dict[str, Any]:
+    """A config of the model (its model_index.json, or a component's config.json) without loading weights."""
+    try:
+        return dict(cls.load_config(os.path.expanduser(model_id), subfolder=subfolder,
+                                    local_files_only=local_files_only))  # fmt: skip
+    except (OSError, ValueError) as error:
+        if Path(model_id).expanduser().is_dir():
+            where = f"{model_id}/{subfolder}" if subfolder else model_id
+            raise SetupError(f"cannot read the config in {where}: {_reason(error)}") from None
+        raise SetupError(_download_advice(model_id, error, local_files_only)) from None
+
+
+def _offline(preset: Preset, options: LoadOptions) -> bool:
+    """Whether LoRAs named by Hub id come from the download cache only: under --offline, and for a model in a
+    local folder, whose user may well have no network."""
+    return options.local_files_only or bool(preset.model_id and Path(preset.model_id).expanduser().is_dir())
 
 
 def attention_backends() -> tuple[str, ...]:
@@ -152,25 +226,36 @@ def load_pipeline(
     """Load (or build) the preset's model, apply its scheduler and LoRAs, and place it as `options` ask: by default
     the fastest memory plan predicted to fit (checked against the free host memory before loading), one tier leaner
     if it runs out of GPU memory all the same. `retry` is (the placement that ran out of memory, the tier to use
-    instead). The placement is kept as `pipe.memory_plan`."""
+    instead). The placement is kept as `pipe.memory_plan`, and which weights and scheduler ran as
+    `pipe.weights_record`."""
     options = options or LoadOptions()
     device, dtype = check_placement(preset, options)
+    preset = local_loras(preset, offline=_offline(preset, options))
+    experts = expert_files(preset, options)
     mode = None
     if retry is not None:
         _warn_retry(*retry)
         options, mode = dataclasses.replace(options, memory=retry[1]), "retry"
-    size = model_size(preset)
+    size = model_size(preset, experts)
     placement = None if size is None else plan_placement(preset, options, device, dtype, size, mode)
     logger.info("loading %s (%s) on %s", preset.name, preset.model_id or "built in memory", device)
     if preset.model_id is None:
         pipe = IFEditPipeline(**tiny_components("a14b"))
     else:
-        pipe = _from_pretrained(preset.model_id, dtype, options.local_files_only)
+        loaded = {name: _load_expert(preset, name, *experts[name], dtype, options) for name in experts}
+        pipe = _from_pretrained(preset.model_id, dtype, options.local_files_only, loaded)
     _set_scheduler(pipe, preset)
     for lora in preset.loras:
-        _load_lora(pipe, lora, options.local_files_only)
+        # GGUF blocks cannot take a LoRA's product: on a GGUF expert the LoRA runs beside the weights instead.
+        quantised = lora.target in experts and experts[lora.target][0].is_gguf
+        _load_lora(pipe, lora, options.local_files_only, fuse=not quantised)
+    if preset.lora_distilled and not preset.loras:
+        logger.warning("running the %s recipe without its LoRAs (--no-lora): its few steps at guidance 1 were "
+                       "distilled into them and give little but noise without; raise --steps and --guidance",
+                       preset.name)  # fmt: skip
+    pipe.weights_record = weights_record(pipe, preset, experts)
     if placement is None:  # a model only sized once its files are here
-        size = pipeline_size(pipe)
+        size = _with_expert_files(pipeline_size(pipe), experts)
         placement = plan_placement(preset, options, device, dtype, size, mode)
     try:
         apply_placement(pipe, placement, device, dtype, options)
@@ -335,7 +420,7 @@ def choose_placement(
     tiling = options.vae_tiling if options.vae_tiling is not None else tier.vae_tiling
     gpu, host = tier.gpu_gb, tier.host_gb
     if overridden:  # a combination of its own: predict it
-        experts = "float8" if storage else "dtype"
+        experts = spec.experts if spec.experts == "gguf" else "float8" if storage else "dtype"
         acts = activations(size, clip, dtype_bytes, VAE_ON_GPU)
         gpu = gpu_peak(size, acts, offload, experts, dtype_bytes, tiling) / GIB
         host = host_peak(size, offload, experts, dtype_bytes) / GIB
@@ -344,7 +429,8 @@ def choose_placement(
 
 
 def _nothing_fits(plan: Plan) -> str:
-    leanest = min((tier for tier in plan.tiers if tier.name != "gguf"), key=lambda tier: (tier.gpu_gb, tier.host_gb))
+    placeable = [tier for tier in plan.tiers if (tier.name == "gguf") == plan.gguf_experts]
+    leanest = min(placeable, key=lambda tier: (tier.gpu_gb, tier.host_gb))
     host = "" if plan.host_free_gb is None else f" and {plan.host_free_gb:.1f} GiB host"
     return (
         f"no memory plan fits: the leanest, {leanest.describe()}, needs {leanest.gpu_gb:.1f} GiB GPU and "
@@ -366,6 +452,7 @@ def retry_tier(placement: MemoryPlan) -> str:
 def out_of_memory(placement: MemoryPlan) -> SetupError:
     """The error for running out of GPU memory with `placement`, naming what to try next."""
     later = [tier for tier in LOADABLE_TIERS if TIERS.index(tier) > TIERS.index(placement.tier)]
+    later = [] if placement.tier == "gguf" else later  # no other tier places GGUF experts
     on_gpu = placement.device == "cuda"  # else one memory holds everything
     predicted, free = placement.gpu_gb, placement.free_gpu_gb
     if not on_gpu:
@@ -393,21 +480,45 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def model_size(preset: Preset) -> ModelSize | None:
+def model_size(preset: Preset, experts: dict[str, tuple[ExpertFile, ExpertLayout]] | None = None) -> ModelSize | None:
     """The preset's model size before loading its weights: built in, published, read from its folder or from the
-    Hub's download cache; None when only loading it will tell."""
+    Hub's download cache, with `experts` (expert_files) sized from their files; None when only loading it will
+    tell."""
     if preset.model_id is None:
         return pipeline_size(IFEditPipeline(**tiny_components("a14b")))
     try:
         size = known_size(preset.model_id)
-        if size is not None or Path(preset.model_id).expanduser().is_dir():
-            return size
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(preset.model_id, "model_index.json")
-        return folder_size(Path(cached).parent) if isinstance(cached, str) else None
+        if size is None and not Path(preset.model_id).expanduser().is_dir():
+            cached = cached_hub_file(preset.model_id, "model_index.json")
+            size = None if cached is None else folder_size(cached.parent)
     except SetupError:
         return None  # loading it says what is wrong with its files
+    return None if size is None else _with_expert_files(size, experts or {})
+
+
+def _with_expert_files(size: ModelSize, experts: dict[str, tuple[ExpertFile, ExpertLayout]]) -> ModelSize:
+    """`size` with the experts given as files sized from them (a GGUF expert by the bytes its file holds)."""
+    weights = list(size.experts)
+    for index, name in enumerate(EXPERTS[: len(weights)]):
+        if name in experts:
+            file = experts[name][0]
+            weights[index] = dataclasses.replace(
+                weights_of(file.counts()), gguf_bytes=file.stored_bytes() if file.is_gguf else 0
+            )
+    return dataclasses.replace(size, experts=tuple(weights))
+
+
+def weights_record(pipe: IFEditPipeline, preset: Preset, experts: dict[str, tuple[ExpertFile, ExpertLayout]]):
+    """What an edit's record keeps of the loaded weights beyond the preset: the scheduler that ran and its shift,
+    the experts read from files, and whether a recipe made for LoRAs ran without them."""
+    config = pipe.scheduler.config
+    shift = config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift")
+    return {
+        "scheduler_class": type(pipe.scheduler).__name__,
+        "scheduler_shift": shift,
+        "expert_files": {name: file.record() for name, (file, _) in experts.items()},
+        "without_recipe_loras": preset.lora_distilled and not preset.loras,
+    }
 
 
 def pipeline_size(pipe: IFEditPipeline) -> ModelSize:
@@ -472,17 +583,30 @@ def speed_up_expert(expert, options: LoadOptions) -> None:
         expert.compile_repeated_blocks(dynamic=True)
 
 
-def _from_pretrained(model_id: str, dtype: torch.dtype, local_files_only: bool) -> IFEditPipeline:
+def _from_pretrained(
+    model_id: str, dtype: torch.dtype, local_files_only: bool, components: dict[str, Any]
+) -> IFEditPipeline:
+    """The pipeline in a folder or on the Hub; `components` already loaded are taken as they are (and not read or
+    downloaded)."""
     dtypes = {"default": dtype, **dict.fromkeys(FLOAT32_COMPONENTS, torch.float32)}
     is_local = Path(model_id).expanduser().is_dir()
     try:
         return IFEditPipeline.from_pretrained(
-            os.path.expanduser(model_id), dtype=dtypes, local_files_only=local_files_only
+            os.path.expanduser(model_id), dtype=dtypes, local_files_only=local_files_only, **components
         )
     except (OSError, ValueError) as error:
         if is_local:
-            raise SetupError(f"could not load the pipeline in {model_id}: {_first_line(error)}") from None
-        raise SetupError(_download_advice(model_id, error)) from None
+            raise SetupError(f"could not load the pipeline in {model_id}: {_reason(error)}") from None
+        raise SetupError(_download_advice(model_id, error, local_files_only)) from None
+
+
+def _load_expert(
+    preset: Preset, name: str, file: ExpertFile, layout: ExpertLayout, dtype: torch.dtype, options: LoadOptions
+) -> WanTransformer3DModel:
+    try:
+        return load_expert(file, layout, os.path.expanduser(preset.model_id), name, dtype, options.local_files_only)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise SetupError(f"could not load the expert in {file.path}: {_reason(error)}") from None
 
 
 def _set_scheduler(pipe: IFEditPipeline, preset: Preset) -> None:
@@ -495,8 +619,9 @@ def _set_scheduler(pipe: IFEditPipeline, preset: Preset) -> None:
         )
 
 
-def _load_lora(pipe: IFEditPipeline, lora: LoraWeights, local_files_only: bool) -> None:
-    """Load one LoRA into its expert and fuse it at its scale, so inference pays nothing for it."""
+def _load_lora(pipe: IFEditPipeline, lora: LoraWeights, local_files_only: bool, fuse: bool = True) -> None:
+    """Load one LoRA into its expert and fuse it at its scale, so inference pays nothing for it; unfused, it stays
+    an adapter at its scale."""
     if getattr(pipe, lora.target) is None:
         raise SetupError(f"LoRA {lora.weight_name} targets {lora.target}, which this model does not have")
     adapter = f"{lora.target}_{Path(lora.weight_name).stem}"
@@ -511,10 +636,13 @@ def _load_lora(pipe: IFEditPipeline, lora: LoraWeights, local_files_only: bool) 
         )
     except (OSError, ValueError) as error:
         if Path(lora.source).expanduser().exists():
-            raise SetupError(f"could not load LoRA {lora.source}/{lora.weight_name}: {_first_line(error)}") from None
-        raise SetupError(_download_advice(lora.source, error)) from None
-    pipe.fuse_lora(components=[lora.target], lora_scale=lora.scale, adapter_names=[adapter])
-    pipe.unload_lora_weights()
+            raise SetupError(f"could not load LoRA {lora.source}/{lora.weight_name}: {_reason(error)}") from None
+        raise SetupError(_download_advice(lora.source, error, local_files_only, "--lora-source")) from None
+    if fuse:
+        pipe.fuse_lora(components=[lora.target], lora_scale=lora.scale, adapter_names=[adapter])
+        pipe.unload_lora_weights()
+    else:
+        getattr(pipe, lora.target).set_adapters([adapter], weights=[lora.scale])
 
 
 def _place(pipe: IFEditPipeline, device: torch.device, offload: Offload) -> None:
@@ -528,12 +656,30 @@ def _place(pipe: IFEditPipeline, device: torch.device, offload: Offload) -> None
         pipe.enable_group_offload(onload_device=device, offload_type="leaf_level", use_stream=True)
 
 
-def _download_advice(source: str, error: Exception) -> str:
+def _download_advice(source: str, error: Exception, local_files_only: bool, flag: str = "--model") -> str:
+    """One line for weights that could not be had from the Hub: what to pass (the downloaded folder goes to
+    `flag`), not what the libraries said about their own arguments."""
+    if local_files_only or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "true", "yes"):
+        return (
+            f"could not get {source}: it is not in this machine's Hugging Face cache, and --offline (or "
+            f"HF_HUB_OFFLINE) keeps ifedit from downloading it; run `hf download {source}` where there is a "
+            f"network and pass the downloaded folder with {flag}, or drop --offline"
+        )
     return (
-        f"could not get {source} from the Hugging Face Hub ({_first_line(error)}); the first run downloads the "
-        f"weights, so connect to the internet, or run `hf download {source}` on a machine that is and pass "
-        "the downloaded folder with --model"
+        f"could not get {source} from the Hugging Face Hub ({_reason(error)}); check the id and the connection: the "
+        f"first run downloads the weights, or run `hf download {source}` on a machine with a network and pass the "
+        f"downloaded folder with {flag}"
     )
+
+
+def _reason(error: BaseException) -> str:
+    """An error's first line, or its cause's where the error's own words are about library internals."""
+    while error is not None:
+        text = _first_line(error)
+        if not any(phrase in text.lower() for phrase in LIBRARY_PHRASES):
+            return text
+        error = error.__cause__ or error.__context__
+    return "not found"
 
 
 def _first_line(error: Exception) -> str:

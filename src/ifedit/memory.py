@@ -5,7 +5,8 @@ Every size is in GiB (2**30 bytes), the unit GPU memory is sold in: a "24 GB" ca
 Weights are parameters x bytes: the experts and the text encoder in --dtype (bfloat16: 2 bytes), the VAE and the
 CLIP image encoder in float32 (4). Stored in 8 bits an expert takes 1 byte a parameter, and as GGUF 5 bits (a 4-bit
 K-quant with its scales and a few tensors kept wider), except the layers diffusers keeps in --dtype (patch and
-condition embedders, norms, modulation tables: 0.24 B of the A14B's 14.29 B). Wan2.2-I2V-A14B in bfloat16: experts
+condition embedders, norms, modulation tables: 0.24 B of the A14B's 14.29 B); experts loaded from GGUF files
+(--transformer FILE.gguf) take what their file's tensors take. Wan2.2-I2V-A14B in bfloat16: experts
 2 x 14.289 B x 2 bytes = 2 x 26.62, UMT5-XXL 5.681 B x 2 = 10.58, VAE 0.127 B x 4 = 0.47, in all 64.29 GiB.
 
 Activations at the edit's largest clip (F frames of H x W px; one prompt or two with refinement, twice that with
@@ -53,7 +54,7 @@ from .sizes import fit_size
 GIB = 2**30
 TIERS: tuple[str, ...] = ("resident", "model", "fp8-model", "group", "gguf", "sequential")  # fastest first
 LOADABLE_TIERS: tuple[str, ...] = tuple(tier for tier in TIERS if tier != "gguf")
-MEMORY_CHOICES: tuple[str, ...] = ("auto", *LOADABLE_TIERS)
+MEMORY_CHOICES: tuple[str, ...] = ("auto", *TIERS)  # gguf only for GGUF experts
 FLOAT8 = "float8_e4m3fn"
 
 GPU_HEADROOM = 0.92  # of the free GPU memory: the CUDA context's workspaces, fragmentation, error
@@ -100,6 +101,7 @@ class Weights:
     params: int = 0
     full_precision: int = 0  # kept in --dtype under 8-bit storage (experts only)
     largest_layer: int = 0  # parameters of its largest layer: what a streaming offload holds at once
+    gguf_bytes: int = 0  # an expert loaded from a GGUF file: what its tensors take there (0: none)
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,8 @@ def expert_bytes(expert: Weights, storage: str, dtype_bytes: int) -> float:
     """An expert's weights stored as `storage` ("dtype", "float8" or "gguf")."""
     if storage == "dtype":
         return expert.params * dtype_bytes
+    if storage == "gguf" and expert.gguf_bytes:
+        return expert.gguf_bytes
     per_param = 1 if storage == "float8" else GGUF_BITS / 8
     return (expert.params - expert.full_precision) * per_param + expert.full_precision * dtype_bytes
 
@@ -363,6 +367,7 @@ class Plan:
     activations_gb: dict[str, float]
     tiers: tuple[TierEstimate, ...]
     chosen: str | None
+    gguf_experts: bool = False
 
     def tier(self, name: str) -> TierEstimate:
         return next(tier for tier in self.tiers if tier.name == name)
@@ -390,6 +395,7 @@ class Plan:
             "dtype_bytes": self.dtype_bytes,
             "weights_gb": self.weights_gb,
             "activations_gb": self.activations_gb,
+            "gguf_experts": self.gguf_experts,
         }
 
 
@@ -400,9 +406,12 @@ def plan_memory(
     host_free_gb: float | None = None,
     *,
     dtype_bytes: int = 2,
-    gguf_weights: bool = False,
+    gguf_weights: bool | None = None,
 ) -> Plan:
-    """Predict every tier's peaks for `clip` and choose the fastest that fits; `host_free_gb` None: not checked."""
+    """Predict every tier's peaks for `clip` and choose the fastest that fits; `host_free_gb` None: not checked.
+    `gguf_weights`: whether the experts are GGUF files (None: whether `size` says so), which only the gguf tier
+    places and no other tier can."""
+    gguf_weights = gguf_experts(size) if gguf_weights is None else gguf_weights
     acts = activations(size, clip, dtype_bytes, VAE_ON_GPU)
     gpu_budget = GPU_HEADROOM * gpu_free_gb * GIB
     host_budget = None if host_free_gb is None else HOST_HEADROOM * host_free_gb * GIB
@@ -419,7 +428,9 @@ def plan_memory(
         if host_budget is not None and host > host_budget:
             problems.append(f"needs {host / GIB:.1f} of {host_budget / GIB:.1f} GiB usable host memory")
         if name == "gguf" and not gguf_weights:
-            problems.append("needs GGUF expert weights, which ifedit cannot load yet")
+            problems.append("needs GGUF expert weights (--transformer and --transformer-2 FILE.gguf)")
+        if name != "gguf" and gguf_weights:
+            problems.append("the experts are GGUF files, which only the gguf tier places")
         tiers.append(TierEstimate(name, gpu / GIB, host / GIB, not problems, tiling, "; ".join(problems)))
     weights_gb = {
         "experts": [round(expert_bytes(expert, "dtype", dtype_bytes) / GIB, 2) for expert in size.experts],
@@ -429,7 +440,13 @@ def plan_memory(
     }
     activations_gb = {name: round(value / GIB, 2) for name, value in vars(acts).items()}
     chosen = next((tier.name for tier in tiers if tier.fits), None)
-    return Plan(clip, gpu_free_gb, host_free_gb, dtype_bytes, weights_gb, activations_gb, tuple(tiers), chosen)
+    return Plan(clip, gpu_free_gb, host_free_gb, dtype_bytes, weights_gb, activations_gb, tuple(tiers), chosen,
+                gguf_weights)  # fmt: skip
+
+
+def gguf_experts(size: ModelSize) -> bool:
+    """Whether any expert of `size` was sized from a GGUF file."""
+    return any(expert.gguf_bytes for expert in size.experts)
 
 
 def leaner_tier(plan: Plan, tier: str) -> str | None:
@@ -441,7 +458,7 @@ def leaner_tier(plan: Plan, tier: str) -> str | None:
 def device_peak(size: ModelSize, clip: Clip, dtype_bytes: int) -> float:
     """Host bytes of an edit with everything in one memory (the CPU, or Apple's unified memory): GiB."""
     acts = activations(size, clip, dtype_bytes)
-    weights = host_peak(size, "none", "dtype", dtype_bytes)
+    weights = host_peak(size, "none", "gguf" if gguf_experts(size) else "dtype", dtype_bytes)
     return (weights + max(acts.text, acts.expert, acts.encode, acts.decode)) / GIB
 
 

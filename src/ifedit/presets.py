@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,7 @@ class Preset:
     max_sequence_length: int = 512  # text tokens; Wan pads every prompt to 512
     refine: bool = True  # self-consistent post-refinement (the paper's recipe)
     loras: tuple[LoraWeights, ...] = ()
+    lora_distilled: bool = False  # its steps and guidance are those its LoRAs were distilled for
     gpu_memory_gb: float = 0.0  # what one edit needs on a GPU without offloading; 0 = runs anywhere
     notes: str = ""
 
@@ -92,6 +94,7 @@ PRESETS: dict[str, Preset] = {
                 LoraWeights(LIGHTNING_SOURCE, "high_noise_model.safetensors", "transformer", LIGHTNING_FOLDER),
                 LoraWeights(LIGHTNING_SOURCE, "low_noise_model.safetensors", "transformer_2", LIGHTNING_FOLDER),
             ),
+            lora_distilled=True,
             gpu_memory_gb=70,
             notes="about 12 s per edit on one H100 in the paper; a download of tens of GB",
         ),
@@ -200,8 +203,41 @@ def custom_preset(model: str) -> Preset:
         flow_shift=None,
         sigma_schedule="default",
         loras=(),
+        lora_distilled=False,
         gpu_memory_gb=0.0,
         notes="",
+    )
+
+
+def local_paper_preset(folder: str) -> Preset:
+    """The paper's recipe for Wan2.2-I2V-A14B weights in a local folder; its LoRAs are looked up on this machine
+    (loading.local_loras), and whether the GPU suffices is left to the memory plan."""
+    return dataclasses.replace(
+        PRESETS[DEFAULT_PRESET],
+        name="paper (local folder)",
+        description=f"IF-Edit's recipe on the Wan2.2-I2V-A14B weights in {folder}",
+        model_id=folder,
+        gpu_memory_gb=0.0,
+        notes="",
+    )
+
+
+def has_a14b_i2v_layout(folder: Path) -> bool:
+    """Whether a diffusers folder is laid out as Wan2.2-I2V-A14B, whatever its size: two experts split at a
+    boundary, image-to-video (the expert takes the noise and the image condition, 2 x z_dim + 4 channels: the
+    latents, the encoded image and its 4-channel frame mask), no image encoder, one timestep a sample."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        expert = json.loads((folder / "transformer" / "config.json").read_text())
+        z_dim = json.loads((folder / "vae" / "config.json").read_text()).get("z_dim", 16)
+    except (OSError, ValueError):
+        return False  # not this layout; loading the folder says what is wrong with it
+    return (
+        bool((index.get("transformer_2") or [None])[0])
+        and index.get("boundary_ratio") is not None
+        and not (index.get("image_encoder") or [None])[0]
+        and not index.get("expand_timesteps")
+        and expert.get("in_channels") == 2 * z_dim + 4
     )
 
 
@@ -215,6 +251,8 @@ def resolve_model(model: str) -> Preset:
             raise InvalidInputError(f"model directory {path} has no model_index.json (not a diffusers pipeline)")
         if (path / TOYWORLD_TRAINING_RECORD).is_file():  # written by `ifedit toyworld train`: run it as trained
             return dataclasses.replace(get_preset("toyworld"), model_id=str(path))
+        if has_a14b_i2v_layout(path):
+            return local_paper_preset(str(path))
         return custom_preset(str(path))
     if model.count("/") == 1 and not model.startswith((".", "/")):
         return preset_for_model_id(model) or custom_preset(model)
