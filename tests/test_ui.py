@@ -14,7 +14,7 @@ import pytest
 from ifedit import ui
 from ifedit.cli import EXIT_SETUP, main
 from ifedit.editor import Editor
-from ifedit.errors import InvalidInputError
+from ifedit.errors import InvalidInputError, SetupError
 from ifedit.loading import LoadOptions
 from ifedit.presets import resolve_model
 from ifedit.prompting import enhance
@@ -26,20 +26,39 @@ FAST = {"num_inference_steps": 2, "num_frames": 5, "refine": True, "refine_steps
 def app(tiny_dirs):
     editor = Editor(resolve_model(tiny_dirs["a14b"]).with_loras(()), LoadOptions(device="cpu"))  # as --no-lora
     editor.pipe.set_progress_bar_config(disable=True)
-    return ui.EditorApp(editor, lambda image, text: enhance(image, text, enhancer="template"))
+    return ui.EditorApp(editor, lambda image, text: enhance(image, text, enhancer="template"), prompt_on_device=False)
 
 
 @pytest.fixture
-def upload(tmp_path, source_image):
+def received(app, tmp_path):
+    """Files as Gradio's upload route leaves them for a handler: in its folder, and known to have arrived."""
+    files: set[str] = set()
+    app.uploads = ui.Uploads(tmp_path, files)
+
+    def receive(path, orig_name: str | None = None) -> dict:
+        files.add(str(path))
+        return {"path": str(path), "orig_name": orig_name}
+
+    return receive
+
+
+@pytest.fixture
+def upload(received, tmp_path, source_image):
     """What Gradio hands a handler for an uploaded file: its temporary path and the name the user gave it."""
     path = tmp_path / "upload_1f3a.png"
     source_image.save(path)
-    return {"path": str(path), "orig_name": "square.png"}
+    return received(path, "square.png")
+
+
+def edit(app, upload, instruction, settings, seed=None, progress=None, prompt=""):
+    """What Run does: settle the prompt (written when empty), then edit with it."""
+    prompt, record = app.prepare(upload, instruction, prompt, None, settings, seed)
+    return app.run(upload, instruction, prompt, record, settings, seed, progress)
 
 
 def test_an_edit_shows_result_comparison_frames_clip_and_record(app, upload):
     steps = []
-    view = app.run(upload, " the square slides right ", "", None, FAST, 7, lambda *step: steps.append(step))
+    view = edit(app, upload, " the square slides right ", FAST, 7, lambda *step: steps.append(step))
     # The empty prompt box was filled by the prompt stage, and the record says which backend wrote it.
     assert "the square slides right" in view.prompt and view.prompt_record["backend"] == "template"
     assert view.image.size == (96, 64) and [image.size for image in view.before_after] == [(96, 64)] * 2
@@ -85,7 +104,7 @@ def test_the_users_prompt_is_used_and_recorded_as_given(app, upload):
     assert json.loads(view.record.read_text())["prompt_enhancement"]["backend"] == "template"
 
 
-def test_uploads_are_checked_and_sized(app, upload, tmp_path, monkeypatch):
+def test_uploads_are_checked_and_sized(app, upload, received, tmp_path, monkeypatch):
     assert app.inspect(upload) == (64, 96)  # never more pixels than the photo has
     assert app.inspect(None) == (0, 0)
     # The tiny transformer has positions for 32 patches a side: 512 px.
@@ -94,7 +113,7 @@ def test_uploads_are_checked_and_sized(app, upload, tmp_path, monkeypatch):
     text = tmp_path / "upload_9c2e.png"
     text.write_text("these are not pixels")
     with pytest.raises(InvalidInputError, match=r"^not an image file: notes\.png \(expected a PNG"):
-        app.inspect({"path": str(text), "orig_name": "notes.png"})
+        app.inspect(received(text, "notes.png"))
     assert _page_message(app.inspect, {"path": str(text)}).startswith("not an image file: upload_9c2e.png")
     monkeypatch.setattr(ui, "MAX_UPLOAD_BYTES", 100)
     with pytest.raises(InvalidInputError, match=r"^image file is too large: square\.png is 0\.0 MiB"):
@@ -111,7 +130,9 @@ def test_uploads_are_checked_and_sized(app, upload, tmp_path, monkeypatch):
     ],
 )
 def test_bad_input_is_one_line_in_the_page(app, upload, instruction, settings, message):
-    assert re.match(message, _page_message(app.run, upload, instruction, "", None, settings))
+    # Run refuses the form before writing a prompt, and the edit refuses it again should a client skip that step.
+    assert re.match(message, _page_message(app.prepare, upload, instruction, "", None, settings))
+    assert re.match(message, _page_message(app.run, upload, instruction, "a ready prompt", None, settings))
 
 
 def _page_message(handler, *args) -> str:
@@ -122,15 +143,18 @@ def _page_message(handler, *args) -> str:
 
 
 def test_a_failed_edit_leaves_the_app_usable(app, upload):
-    message = _page_message(app.run, None, "the square slides right", "", None, FAST)
+    message = _page_message(app.prepare, None, "the square slides right", "", None, FAST)
     assert message == "no image: upload a photo or pick an example first"
+    # The edit never writes a prompt while it holds the model: a client that skipped Run's first step is told so.
+    message = _page_message(app.run, upload, "the square slides right", "  ", None, FAST)
+    assert message == "video prompt must not be empty: write it first (Run does when the box is empty)"
     # Past the transformer's position table the pipeline refuses the size before running.
     too_large = {**FAST, "height": 1024, "width": 1024}
-    message = _page_message(app.run, upload, "the square slides right", "", None, too_large)
+    message = _page_message(app.run, upload, "the square slides right", "a ready prompt", None, too_large)
     assert message == (
         "1024x1024 px is too large for this model: at most 512 px a side (set a smaller height and width)"
     )
-    assert app.run(upload, "the square slides right", "", None, FAST).image.size == (96, 64)
+    assert edit(app, upload, "the square slides right", FAST).image.size == (96, 64)
 
 
 def test_an_unexpected_failure_inside_the_model_is_one_line_and_the_app_stays_usable(app, upload):
@@ -138,13 +162,30 @@ def test_an_unexpected_failure_inside_the_model_is_one_line_and_the_app_stays_us
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
 
     # The progress reporter runs in the pipeline's step callback, so this fails inside a real denoising loop.
-    message = _page_message(app.run, upload, "the square slides right", "", None, FAST, 7, fails_mid_edit)
+    message = _page_message(app.run, upload, "the square slides right", "a prompt", None, FAST, 7, fails_mid_edit)
     assert message == (
         "the edit failed (RuntimeError: CUDA error: an illegal memory access was encountered); "
         "details are in the server log"
     )
     assert app.editor.pipe.stage is None
-    assert app.run(upload, "the square slides right", "", None, FAST).image.size == (96, 64)
+    assert edit(app, upload, "the square slides right", FAST).image.size == (96, 64)
+
+
+def test_page_messages_name_files_not_server_folders():
+    def cannot_write():
+        raise SetupError("cannot write the outputs in /tmp/ifedit-ui-x1/abc: No space left on device")
+
+    def fails_inside():
+        raise OSError(28, "No space left on device", "/srv/private/ifedit-ui-x1/abc/clip.mp4")
+
+    def server_unreachable():
+        raise SetupError("VLM server http://127.0.0.1:8000/v1/chat does not answer\n\x1b[31mtraceback")
+
+    assert _page_message(cannot_write) == "cannot write the outputs in abc: No space left on device"
+    assert _page_message(fails_inside) == (
+        "the edit failed (OSError: [Errno 28] No space left on device: 'clip.mp4'); details are in the server log"
+    )
+    assert _page_message(server_unreachable) == "VLM server http://127.0.0.1:8000/v1/chat does not answer"
 
 
 def test_progress_counts_only_the_steps_a_partial_refinement_runs(app, upload):

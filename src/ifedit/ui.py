@@ -3,29 +3,37 @@
 `EditorApp` holds what the page needs on the server (one loaded model, the prompt stage, a folder for results)
 and its methods are the page's handlers in plain Python: they raise InvalidInputError like the library does.
 `build_page` wires them to Gradio components and turns every error into a message in the page.
+
+Every handler is also an HTTP endpoint that anyone who reaches the page can call with any JSON: `Uploads` decides
+which files a request may name, and prompt writing never holds the model's turn unless it runs on the same device.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import gradio as gr
+import gradio.utils
 import PIL.Image
 
 from .editor import Editor, final_frame
 from .errors import IFEditError, InvalidInputError
 from .io import MAX_UPLOAD_BYTES, load_image, save_image, save_json
-from .options import MIN_FRAMES, check_options, edit_settings
+from .options import MIN_FRAMES, EditSettings, check_seed
 from .pipeline import refine_start_step
+from .presets import edit_settings
 from .prompting import PromptResult
+from .redact import safe_text, strip_control
 from .report import save_video
 from .sizes import fit_size
 from .toyworld.scenes import render_frame, sample_case
@@ -36,6 +44,12 @@ Enhancer = Callable[[PIL.Image.Image, str], PromptResult]
 Progress = Callable[[int, int, str], None]
 
 QUEUE_SIZE = 20  # edits waiting beyond this are refused at once instead of after a long wait
+# Gradio's copies of uploads and results: checked hourly, deleted a day after they were made and when the page stops.
+DELETE_CACHE = (3600, 24 * 3600)
+NO_SUCH_UPLOAD = "no such upload: upload the photo again"
+MAX_NAME_CHARS = 120
+# The folders of an absolute path (POSIX or Windows); a message keeps only the last name, never the server's layout.
+SERVER_FOLDERS = re.compile(r"(?<![\w.:/\\])(?:[A-Za-z]:)?[/\\](?:[^\s/\\'\"]+[/\\])+")
 ZERO_IS_AUTOMATIC = ("height", "width", "tld_threshold", "refine_steps", "refine_frames")
 EXAMPLE_SEEDS = (1_000_003, 1_000_007, 1_000_012)  # held-out toy-world scenes (training never sees these seeds)
 # Gradio's default theme fetches fonts from a CDN; system fonts keep the page private and work offline.
@@ -57,21 +71,60 @@ class EditView:
     status: str
 
 
-class EditorApp:
-    """The page's server side: one model loaded once, the prompt stage, and a folder for results and examples."""
+class Uploads:
+    """The files a request may name: those Gradio's upload route wrote for this server, and the page's examples.
 
-    def __init__(self, editor: Editor, enhance: Enhancer):
+    Handlers take the client's JSON as sent (a path in it is only the client's word), so reading any other file
+    would show strangers the server's disk; one message for every refusal keeps them from learning which paths exist.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *known: Collection[str]):
+        self.folder = Path(folder).resolve()
+        # Live views: Gradio adds a path as its file arrives and drops it when it deletes the file.
+        self.known = known
+
+    def find(self, upload: Any) -> tuple[Path, str]:
+        """The file behind an upload and the name the user knows it by; InvalidInputError for anything else."""
+        raw = upload.get("path") if isinstance(upload, dict) else upload
+        if not isinstance(raw, str) or not any(raw in files for files in self.known):
+            raise InvalidInputError(NO_SUCH_UPLOAD)
+        path = Path(raw)
+        try:
+            # After symlinks: a link planted among the uploads must not lead elsewhere.
+            received = path.resolve(strict=True).is_relative_to(self.folder) and path.is_file()
+        except (OSError, RuntimeError):
+            received = False
+        if not received:
+            raise InvalidInputError(NO_SUCH_UPLOAD)
+        given = upload.get("orig_name") if isinstance(upload, dict) else None
+        name = strip_control(PurePath(given).name if isinstance(given, str) else "").strip()[:MAX_NAME_CHARS]
+        return path, name or path.name
+
+
+class EditorApp:
+    """The page's server side: one model loaded once, the prompt stage, and a folder for results and examples.
+
+    `prompt_on_device` says the prompt stage runs a model on the editor's device (a local VLM): then writing a
+    prompt takes turns with edits; a VLM server or the offline template never holds up an edit.
+    """
+
+    def __init__(self, editor: Editor, enhance: Enhancer, *, prompt_on_device: bool):
         self.editor = editor
         self.enhance = enhance
+        self.prompt_on_device = prompt_on_device
         self.workdir = Path(tempfile.mkdtemp(prefix="ifedit-ui-"))
-        weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
+        self.uploads = Uploads(self.workdir)  # none until a page tells which files Gradio received
+        self._remove_workdir = weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Delete every clip, record and example this app wrote."""
+        self._remove_workdir()
 
     def read_upload(self, upload: dict[str, Any] | str | None) -> tuple[PIL.Image.Image, str]:
-        """The uploaded image and the name the user knows it by, checked in bytes, pixels and format."""
+        """The uploaded image and the name the user knows it by, checked in origin, bytes, pixels and format."""
         if upload is None:
             raise InvalidInputError("no image: upload a photo or pick an example first")
-        path = Path(upload["path"] if isinstance(upload, dict) else upload)
-        name = (upload.get("orig_name") if isinstance(upload, dict) else None) or path.name
+        path, name = self.uploads.find(upload)
         return load_image(path, max_bytes=MAX_UPLOAD_BYTES, name=name), name
 
     def inspect(self, upload: dict[str, Any] | str | None) -> tuple[int, int]:
@@ -85,14 +138,28 @@ class EditorApp:
         """The preset's area at the photo's aspect, but never more pixels than the photo has (that costs time and
         adds no detail) nor more than the transformer has positions for (a small model cannot place them)."""
         pipe = self.editor.pipe
-        area = min(self.editor.preset.max_area, image_size[0] * image_size[1])
+        area = min(self.editor.preset.recipe.max_area, image_size[0] * image_size[1])
         return fit_size(image_size, None, None, area, pipe.size_multiple, pipe.largest_side)
 
     def write_prompt(self, upload: dict[str, Any] | str | None, instruction: str) -> tuple[str, dict[str, Any]]:
         """The video prompt for this photo and instruction, with its provenance, for the user to read and edit."""
         image, _ = self.read_upload(upload)
-        result = self.enhance(image, _instruction(instruction))
-        return result.prompt, result.to_record()
+        return self._written(image, _instruction(instruction))
+
+    def prepare(
+        self,
+        upload: dict[str, Any] | str | None,
+        instruction: str,
+        prompt: str,
+        prompt_record: dict[str, Any] | None,
+        settings: dict[str, Any],
+        seed: float | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Check the form and settle the prompt an edit will use, before the edit waits for the model: an empty one
+        is written, one the user typed or changed is recorded as given."""
+        image, _, instruction, _, _ = self._form(upload, instruction, settings, seed)
+        prompt = (prompt or "").strip()
+        return (prompt, _provenance(prompt, prompt_record)) if prompt else self._written(image, instruction)
 
     def run(
         self,
@@ -104,26 +171,13 @@ class EditorApp:
         seed: float | None = None,
         progress: Progress | None = None,
     ) -> EditView:
-        """One edit as the form asks; sizes left empty are the proposed ones. An empty prompt is written first, one
-        the user typed or changed is recorded as given."""
-        image, name = self.read_upload(upload)
-        instruction = _instruction(instruction)
-        # The page's number boxes are never empty: 0 stands for "automatic" there, and a negative seed for "draw one".
-        settings = {
-            key: None if key in ZERO_IS_AUTOMATIC and value == 0 else _whole(value) for key, value in settings.items()
-        }
-        if settings.get("height") is None and settings.get("width") is None:
-            settings["height"], settings["width"] = self.proposed_size(image.size)
-        settings = edit_settings(self.editor.preset, **settings)
-        seed = None if seed is None or seed < 0 else _whole(seed)
-        if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2**63):
-            raise InvalidInputError(f"seed must be a whole number >= 0, got {seed!r}")
-        check_options(prompt=prompt.strip() or instruction, **settings)
-        prompt = prompt.strip()
+        """One edit as the form asks, with the prompt `prepare` settled; sizes left empty are the proposed ones."""
+        image, name, instruction, settings, seed = self._form(upload, instruction, settings, seed)
+        prompt = (prompt or "").strip()
         if not prompt:
-            prompt, prompt_record = self.write_prompt(upload, instruction)
-        elif not prompt_record or prompt_record.get("prompt") != prompt:
-            prompt_record = {"backend": "given"}
+            # Writing it here would hold the model's turn for as long as the prompt stage takes.
+            raise InvalidInputError("video prompt must not be empty: write it first (Run does when the box is empty)")
+        prompt_record = _provenance(prompt, prompt_record)
         edit = self.editor.edit(
             image,
             instruction,
@@ -152,6 +206,31 @@ class EditorApp:
             prompt, prompt_record, result.image, (before, result.image), candidates, chosen, clip, record, status
         )
 
+    def _form(
+        self,
+        upload: dict[str, Any] | str | None,
+        instruction: str,
+        settings: dict[str, Any],
+        seed: float | None,
+    ) -> tuple[PIL.Image.Image, str, str, EditSettings, int | None]:
+        """The form checked as the edit will see it: image and its name, instruction, settings and seed."""
+        image, name = self.read_upload(upload)
+        instruction = _instruction(instruction)
+        # The page's number boxes are never empty: 0 stands for "automatic" there, and a negative seed for "draw one".
+        settings = {
+            key: None if key in ZERO_IS_AUTOMATIC and value == 0 else _whole(value) for key, value in settings.items()
+        }
+        if settings.get("height") is None and settings.get("width") is None:
+            settings["height"], settings["width"] = self.proposed_size(image.size)
+        settings = edit_settings(self.editor.preset, **settings)
+        seed = None if seed is None or seed < 0 else _whole(seed)
+        check_seed(seed)
+        return image, name, instruction, settings, seed
+
+    def _written(self, image: PIL.Image.Image, instruction: str) -> tuple[str, dict[str, Any]]:
+        result = self.enhance(image, instruction)
+        return result.prompt, result.to_record()
+
     def examples(self) -> list[list[str]]:
         """Toy-world scenes as (image path, instruction) pairs: pictures that need no download or licence."""
         folder = self.workdir / "examples"
@@ -172,6 +251,13 @@ def _instruction(text: str | None) -> str:
     return text
 
 
+def _provenance(prompt: str, record: dict[str, Any] | None) -> dict[str, Any]:
+    """A written prompt's record while the prompt is unchanged; a prompt the user typed or edited is their own."""
+    if not record or record.get("prompt") != prompt:
+        return {"backend": "given"}
+    return record
+
+
 def _whole(value: Any) -> Any:
     """Numbers from the page arrive as floats; whole ones become ints so the checks see what the user meant."""
     if isinstance(value, float) and value.is_integer():
@@ -179,15 +265,15 @@ def _whole(value: Any) -> Any:
     return value
 
 
-def _step_counter(settings: dict[str, Any], progress: Progress | None):
+def _step_counter(settings: EditSettings, progress: Progress | None):
     """A step callback that reports (done, total) over both passes; None when nobody listens."""
     if progress is None:
         return None
-    steps = settings["num_inference_steps"]
-    refine_steps = settings["refine_steps"] or steps
+    steps = settings.num_inference_steps
+    refine_steps = settings.refine_steps or steps
     # A refinement below full strength starts part-way through its schedule and skips the steps before.
-    refine_run = refine_steps - refine_start_step(refine_steps, settings["refine_strength"])
-    total = steps + (refine_run if settings["refine"] else 0)
+    refine_run = refine_steps - refine_start_step(refine_steps, settings.refine_strength)
+    total = steps + (refine_run if settings.refine else 0)
     done = 0
 
     def callback(pipe, step: int, timestep, tensors: dict) -> dict:
@@ -222,10 +308,10 @@ def _shown_in_page(handler: Callable) -> Callable:
         try:
             return handler(*args, **kwargs)
         except IFEditError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(_for_page(str(error)), print_exception=False) from None
         except Exception as error:
             logger.exception("the edit failed")
-            message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            message = _for_page(f"{type(error).__name__}: {error}")[:300]
             raise gr.Error(
                 f"the edit failed ({message}); details are in the server log", print_exception=False
             ) from None
@@ -233,10 +319,17 @@ def _shown_in_page(handler: Callable) -> Callable:
     return wrapper
 
 
+def _for_page(message: str) -> str:
+    """A message fit for whoever reaches the page: its first line, without secrets, control codes or folders."""
+    first = next(iter(message.splitlines()), "")
+    return SERVER_FOLDERS.sub("", safe_text(first))
+
+
 def build_page(app: EditorApp) -> gr.Blocks:
     """The page: photo, instruction and editable prompt on the left; result, comparison, frames, clip on the right."""
     preset = app.editor.preset
-    with gr.Blocks(title="IF-Edit", analytics_enabled=False) as page:
+    recipe = preset.recipe
+    with gr.Blocks(title="IF-Edit", analytics_enabled=False, delete_cache=DELETE_CACHE) as page:
         prompt_record = gr.State(None)
         gr.Markdown(
             "## IF-Edit: image editing with an image-to-video model\n"
@@ -263,9 +356,9 @@ def build_page(app: EditorApp) -> gr.Blocks:
                 )
                 with gr.Accordion("Advanced settings", open=False):
                     with gr.Row():
-                        steps = gr.Slider(1, 50, preset.num_inference_steps, step=1, label="Steps", elem_id="steps")
+                        steps = gr.Slider(1, 50, recipe.num_inference_steps, step=1, label="Steps", elem_id="steps")
                         frames = gr.Slider(
-                            MIN_FRAMES, 121, preset.num_frames, step=4, label="Frames (4n+1)", elem_id="frames-count"
+                            MIN_FRAMES, 121, recipe.num_frames, step=4, label="Frames (4n+1)", elem_id="frames-count"
                         )
                     with gr.Row():
                         height = gr.Number(0, label="Height (px; 0: automatic)", precision=0, elem_id="height")
@@ -273,15 +366,15 @@ def build_page(app: EditorApp) -> gr.Blocks:
                         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
                     with gr.Row():
                         tld_stride = gr.Slider(
-                            1, 8, preset.tld_stride, step=1, label="Dropout stride K (1: off)", elem_id="tld-stride"
+                            1, 8, recipe.tld_stride, step=1, label="Dropout stride K (1: off)", elem_id="tld-stride"
                         )
                         tld_threshold = gr.Number(
-                            preset.tld_threshold or 0,
+                            recipe.tld_threshold or 0,
                             label="Dropout threshold (0: at the expert switch)",
                             elem_id="tld-threshold",
                         )
                     refine = gr.Checkbox(
-                        preset.refine, label="Refine the chosen frame with a still video", elem_id="refine"
+                        recipe.refine, label="Refine the chosen frame with a still video", elem_id="refine"
                     )
                     with gr.Row():
                         refine_steps = gr.Number(0, label="Refine steps (0: as Steps)", precision=0)
@@ -312,22 +405,50 @@ def build_page(app: EditorApp) -> gr.Blocks:
                 clip = gr.Video(label="Generated clip", interactive=False, elem_id="clip")
                 record = gr.File(label="How it was made (JSON)", interactive=False, elem_id="record")
 
+        # Handlers read only what Gradio's upload route received for this server and the examples it copied.
+        app.uploads = Uploads(gradio.utils.get_upload_folder(), page.upload_file_set, source.keep_in_cache)
         # A new photo is checked at once, its size proposed, and a prompt written for the old one cleared. The check
         # is cheap and must not wait behind a running edit, hence no concurrency limit.
         inspect = _shown_in_page(lambda upload: (*app.inspect(upload), ""))
         checked = dict(outputs=[height, width, prompt], concurrency_limit=None, show_progress="hidden")
-        source.upload(inspect, source, preprocess=False, **checked).failure(lambda: None, None, source)
+        source.upload(inspect, source, preprocess=False, api_name="inspect", **checked).failure(
+            lambda: None, None, source
+        )
         source.clear(lambda: (0, 0, ""), None, **checked)
-        examples.load_input_event.then(inspect, source, preprocess=False, **checked)
+        examples.load_input_event.then(inspect, source, preprocess=False, api_visibility="private", **checked)
         # A prompt written for other words is stale: typing clears it, so Run never uses it by accident.
         instruction.input(None, None, prompt, js="() => ''")
+        # A local VLM shares the device, so it takes turns with edits; a VLM server may stall for as long as its
+        # timeout allows and must not hold up edits whose prompt is ready (it queues requests itself).
+        prompt_turn = dict(concurrency_id="model") if app.prompt_on_device else dict(concurrency_limit=None)
         write.click(
             _shown_in_page(app.write_prompt),
             [source, instruction],
             [prompt, prompt_record],
             preprocess=False,
-            concurrency_id="model",
+            api_name="write_prompt",
+            **prompt_turn,
         )
+
+        # The settings the form sends after the photo, instruction, prompt, its record and the seed, in this order.
+        fields = dict(
+            num_inference_steps=steps,
+            num_frames=frames,
+            height=height,
+            width=width,
+            tld_stride=tld_stride,
+            tld_threshold=tld_threshold,
+            refine=refine,
+            refine_steps=refine_steps,
+            refine_frames=refine_frames,
+            refine_strength=refine_strength,
+        )
+
+        def settings_of(*values) -> dict[str, Any]:
+            return dict(zip(fields, values, strict=True))
+
+        def prepare_edit(upload, text, written, written_record, chosen_seed, *values):
+            return app.prepare(upload, text, written, written_record, settings_of(*values), chosen_seed)
 
         # Gradio passes inputs by position and finds the progress tracker by its default value.
         def run_edit(
@@ -335,18 +456,10 @@ def build_page(app: EditorApp) -> gr.Blocks:
             threshold, refine_on, refine_num_steps, refine_num_frames, strength,
             progress=gr.Progress(),  # noqa: B008
         ):  # fmt: skip
-            settings = dict(
-                num_inference_steps=num_inference_steps,
-                num_frames=num_frames,
-                height=h,
-                width=w,
-                tld_stride=stride,
-                tld_threshold=threshold,
-                refine=refine_on,
-                refine_steps=refine_num_steps,
-                refine_frames=refine_num_frames,
-                refine_strength=strength,
-            )
+            settings = settings_of(
+                num_inference_steps, num_frames, h, w, stride, threshold, refine_on, refine_num_steps,
+                refine_num_frames, strength,
+            )  # fmt: skip
 
             def report(done: int, total: int, label: str) -> None:
                 progress((done, total), desc=label)
@@ -356,23 +469,21 @@ def build_page(app: EditorApp) -> gr.Blocks:
             files = str(view.clip), str(view.record)
             return (view.prompt, view.prompt_record, view.image, view.before_after, gallery, *files, view.status)
 
-        settings = [
-            steps,
-            frames,
-            height,
-            width,
-            tld_stride,
-            tld_threshold,
-            refine,
-            refine_steps,
-            refine_frames,
-            refine_strength,
-        ]
+        form = [source, instruction, prompt, prompt_record, seed, *fields.values()]
+        # Run settles the prompt first, in the prompt stage's turn, then waits for the model with a ready prompt.
         run.click(
+            _shown_in_page(prepare_edit),
+            form,
+            [prompt, prompt_record],
+            preprocess=False,
+            api_name="prepare",
+            **prompt_turn,
+        ).success(
             _shown_in_page(run_edit),
-            [source, instruction, prompt, prompt_record, seed, *settings],
+            form,
             [prompt, prompt_record, result, comparison, candidates, clip, record, status],
             preprocess=False,
+            api_name="edit",
             concurrency_id="model",
             show_progress_on=[result, status],
         )
@@ -380,17 +491,23 @@ def build_page(app: EditorApp) -> gr.Blocks:
 
 
 def serve(app: EditorApp, host: str, port: int, share: bool) -> None:
-    """Serve the page until interrupted: one edit at a time (one model, one device), the rest queued in view."""
+    """Serve the page until interrupted: one edit at a time (one model, one device), the rest queued in view; then
+    delete what the app wrote and Gradio's copies of this page's uploads and results."""
     page = build_page(app)
     page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     if host not in ("127.0.0.1", "localhost", "::1") or share:
         logger.warning("the page is reachable from other machines: anyone who can reach it can run the model")
-    page.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        max_file_size=MAX_UPLOAD_BYTES,
-        theme=gr.themes.Default(**THEME_FONTS),
-        show_error=False,
-        quiet=True,
-    )
+    logger.info("results are kept in %s until the page stops", app.workdir)
+    try:
+        # Gradio's launch returns on Ctrl-C, and on SIGTERM where the caller turns it into one (the command does).
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            max_file_size=MAX_UPLOAD_BYTES,
+            theme=gr.themes.Default(**THEME_FONTS),
+            show_error=False,
+            quiet=True,
+        )
+    finally:
+        app.close()
