@@ -205,6 +205,20 @@ def test_the_page_has_the_ids_scripts_drive_and_examples(app):
         assert PIL.Image.open(path).size == (64, 64) and instruction
 
 
+def test_a_prompt_writer_on_the_models_device_takes_turns_with_edits_and_no_other_does(app):
+    turns = {}
+    for on_device in (True, False):
+        app.prompt_on_device = on_device
+        page = ui.build_page(app)
+        turns[on_device] = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in page.fns.values()}
+    app.prompt_on_device = False
+    for endpoint in ("write_prompt", "prepare", "edit"):
+        assert turns[True][endpoint][0] == "model", endpoint
+    assert turns[False]["edit"][0] == "model"
+    for endpoint in ("write_prompt", "prepare"):
+        assert turns[False][endpoint][0] != "model" and turns[False][endpoint][1] is None, endpoint
+
+
 def test_ui_loads_the_model_as_edit_does(tiny_dirs, monkeypatch):
     served = []
     monkeypatch.setattr(ui, "serve", lambda app, host, port, share: served.append(app))
