@@ -843,7 +843,8 @@ def _with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
 
 
 def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
-    """Every file the edit will write, refused up front if it exists (without --overwrite) or cannot be written."""
+    """Every file the edit will write, refused up front if it exists (without --overwrite), is a folder, is named
+    twice, or cannot be written."""
     image = check_output_path(args.output, args.overwrite)
     paths = {"image": image}
     if args.save_video:
@@ -944,7 +945,11 @@ def _ui(args: argparse.Namespace) -> int:
     check_placement(preset, options)
     editor = Editor(preset, options)
     device = None if args.device == "auto" else args.device
-    app = EditorApp(editor, lambda image, text: _enhance(args, image, text, device=device))
+    from .prompting.chain import _plan as prompt_plan
+
+    # Only a local VLM, here or as the fallback after a server, runs on the editor's device.
+    on_device = "local" in prompt_plan(args.prompt_enhancer, args.vlm, args.vlm_base_url).vlms
+    app = EditorApp(editor, lambda image, text: _enhance(args, image, text, device=device), prompt_on_device=on_device)
     logger.info("model loaded in %.1f s; serving on http://%s:%d", editor.load_seconds, args.host, args.port)
     try:
         serve(app, args.host, args.port, args.share)
