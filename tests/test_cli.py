@@ -54,6 +54,7 @@ def test_edit_writes_the_image_and_its_record(tmp_path, source, tiny_dirs, capsy
     assert record["timings"]["load"] > 0 and record["timings"]["total"] > 0
     assert record["placement"] == {"device": "cpu", "dtype": "float32", "offload": "none", "vae_tiling": False,
                                    "storage_dtype": None, "first_block_cache": None, "attention_backend": None,
+                                   "fp8_compute": False, "vae_dtype": "float32", "vae_channels_last": False,
                                    "compile": False}  # fmt: skip
     assert record["versions"]["torch"] == torch.__version__ and record["versions"]["diffusers"]
     assert record["outputs"]["video"].endswith("edited.mp4")

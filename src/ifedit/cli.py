@@ -201,7 +201,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     speed.add_argument(
         "--attention-backend",
         metavar="NAME",
-        help="diffusers' attention backend for the experts, e.g. native, flash, _flash_3, sage (needs its kernels)",
+        help="diffusers' attention backend for the experts: auto (the fastest installed here), native, flash, "
+        "_flash_3, sage, ... (needs its kernels)",
     )
     speed.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first edit)")
     speed.add_argument(
@@ -215,6 +216,18 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentG
         choices=["float8_e4m3fn", "float8_e5m2"],
         help="store the experts' weights in 8 bits, computing in --dtype (about half their memory)",
     )
+    speed.add_argument(
+        "--fp8-compute",
+        action="store_true",
+        help="run the experts' linear layers in float8 with per-row scales (torchao; GPU compute capability 8.9+)",
+    )
+    speed.add_argument(
+        "--vae-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="the VAE's precision for encoding and decoding (default: %(default)s)",
+    )
+    speed.add_argument("--vae-channels-last", action="store_true", help="the VAE's convolutions in channels-last")
     return speed
 
 
@@ -805,6 +818,9 @@ def _load_options(args: argparse.Namespace):
         attention_backend=args.attention_backend,
         compile=args.compile,
         first_block_cache=args.first_block_cache,
+        fp8_compute=args.fp8_compute,
+        vae_dtype=args.vae_dtype,
+        vae_channels_last=args.vae_channels_last,
         storage_dtype=args.storage_dtype,
         transformer=args.transformer,
         transformer_2=args.transformer_2,

@@ -49,6 +49,7 @@ from .memory import (
 )
 from .pipeline import IFEditPipeline
 from .presets import LoraWeights, Preset
+from .speed import check_fp8_compute, check_vae_dtype, fp8_compute, resolve_attention_backend, set_vae
 from .tiny import tiny_components
 
 logger = logging.getLogger("ifedit")
@@ -83,6 +84,9 @@ class LoadOptions:
     compile: bool = False  # torch.compile the repeated transformer blocks (regional compilation)
     first_block_cache: float | None = None  # skip a step's remaining blocks when the first block's change is below
     storage_dtype: str | None = None  # one of STORAGE_DTYPES: layerwise casting
+    fp8_compute: bool = False  # the experts' block linears in float8 (torchao; CUDA compute capability >= 8.9)
+    vae_dtype: str = "float32"  # one of speed.VAE_DTYPES: the VAE's weights, encode and decode
+    vae_channels_last: bool = False  # the VAE's convolution weights in channels-last order
     # Expert checkpoints as single files (checkpoints.py), replacing the model's own experts.
     transformer: str | None = None
     transformer_2: str | None = None
@@ -145,10 +149,14 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
         raise InvalidInputError(f"unknown storage dtype {options.storage_dtype!r}; use {', '.join(STORAGE_DTYPES)}")
     if options.first_block_cache is not None and not options.first_block_cache > 0:
         raise InvalidInputError(f"first-block cache threshold must be > 0, got {options.first_block_cache}")
-    if options.attention_backend is not None and options.attention_backend not in attention_backends():
-        raise InvalidInputError(
-            f"unknown attention backend {options.attention_backend!r}; use one of {', '.join(attention_backends())}"
-        )
+    if options.attention_backend is not None and options.attention_backend not in ("auto", *attention_backends()):
+        raise InvalidInputError(f"unknown attention backend {options.attention_backend!r}; use auto or one of "
+                                f"{', '.join(attention_backends())}")  # fmt: skip
+    check_vae_dtype(options.vae_dtype)
+    if options.fp8_compute and options.storage_dtype:
+        raise InvalidInputError("--fp8-compute keeps the experts' weights in float8 already; drop --storage-dtype")
+    if options.fp8_compute:
+        check_fp8_compute(device)
     _check_experts(options, expert_files(preset, options))
     local_loras(preset, offline=_offline(preset, options))  # a missing LoRA stops here, before anything loads
     return device, dtype
@@ -262,7 +270,7 @@ def load_pipeline(
     except torch.OutOfMemoryError:
         tier = retry_tier(placement)
     else:
-        return _placed(pipe, placement, options)
+        return _placed(pipe, placement, device, dtype, options)
     # Out of the handler, so the failed placement's memory is free again. Only "resident" allocates while placing,
     # so moving back to the CPU undoes it.
     pipe.to("cpu")
@@ -273,7 +281,7 @@ def load_pipeline(
         apply_placement(pipe, placement, device, dtype, options)
     except torch.OutOfMemoryError:
         raise out_of_memory(placement) from None
-    return _placed(pipe, placement, options)
+    return _placed(pipe, placement, device, dtype, options)
 
 
 def apply_placement(
@@ -288,14 +296,25 @@ def apply_placement(
     for name in EXPERTS:  # before placement: group offloading moves the 8-bit weights, not the full ones
         if getattr(pipe, name) is not None:
             store_expert(getattr(pipe, name), stored, dtype)
+    set_vae(pipe.vae, options.vae_dtype, options.vae_channels_last)
     _place(pipe, device, placement.offload)
 
 
-def _placed(pipe: IFEditPipeline, placement: MemoryPlan, options: LoadOptions) -> IFEditPipeline:
+def _placed(
+    pipe: IFEditPipeline, placement: MemoryPlan, device: torch.device, dtype: torch.dtype, options: LoadOptions
+) -> IFEditPipeline:
+    """Speed options on a placed pipeline (`auto` attention resolved for `device` and the compute `dtype`), and
+    the record of how it was placed."""
+    backend = resolve_attention_backend(options.attention_backend, device, dtype)
+    options = dataclasses.replace(options, attention_backend=backend)
     for name in EXPERTS:
         if getattr(pipe, name) is not None:
+            if options.fp8_compute:  # before compilation, which then traces the float8 layers
+                fp8_compute(getattr(pipe, name))
             speed_up_expert(getattr(pipe, name), options)
-    pipe.memory_plan = placement
+    pipe.memory_plan = dataclasses.replace(placement, attention_backend=backend, vae_dtype=options.vae_dtype,
+                                           vae_channels_last=options.vae_channels_last,
+                                           fp8_compute=options.fp8_compute)  # fmt: skip
     if placement.device == "cuda":
         logger.info("memory plan: %s", placement.describe())
     return pipe
@@ -318,6 +337,11 @@ class MemoryPlan:
     free_host_gb: float | None
     overridden: tuple[str, ...] = ()  # the options that replaced the tier's choices
     plan: Plan | None = None  # every tier's prediction, on CUDA
+    # The speed options as they ran: the attention backend `auto` resolved to, the VAE's dtype and layout.
+    attention_backend: str | None = None
+    vae_dtype: str = "float32"
+    vae_channels_last: bool = False
+    fp8_compute: bool = False
 
     def placement(self) -> str:
         """What was done, e.g. "model offload, VAE tiling"."""
