@@ -1,5 +1,10 @@
 """The speed options on tiny real models: each one runs through dropout and refinement and changes what it says."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -152,3 +157,23 @@ def test_fp8_compute_without_a_new_enough_gpu_stops_before_loading(tiny_dirs):
         check_placement(preset, LoadOptions(device="cpu", fp8_compute=True, storage_dtype="float8_e4m3fn"))
     with pytest.raises(InvalidInputError, match="unknown VAE dtype 'float64'; use float32, bfloat16, float16"):
         check_placement(preset, LoadOptions(device="cpu", vae_dtype="float64"))
+
+
+def test_gpu_speed_sweep_runs_on_tiny_models_and_compares_each_option_with_the_reference():
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_speed.py"
+    only = ["reference", "compile", "VAE bfloat16"]
+    completed = subprocess.run([sys.executable, str(script), "--tiny", "--sweep", "--profile", "--only", *only],
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    settings = report["settings"]
+    assert list(settings) == only
+    assert settings["reference"]["fidelity"] == {"latent_relative_error": 0.0, "psnr_db": None}
+    compiled = settings["compile"]
+    assert compiled["graphs_compiled_in_warm_up"] >= 1 and compiled["recompilations_between_timed_edits"] == 0
+    assert compiled["compile_seconds"] > 0 and compiled["fidelity"]["latent_relative_error"] < 1e-4
+    assert 30 < settings["VAE bfloat16"]["fidelity"]["psnr_db"] < 100
+    stages = settings["reference"]["profile"]["stages"]
+    assert stages["denoise"]["cpu_ms"] > 0 and stages["refine_decode"]["cpu_ms"] > 0
+    if not torch.cuda.is_available():
+        assert "compute capability 8.9" in report["skipped"]["fp8 compute"]
