@@ -20,8 +20,7 @@ import torch
 
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
-from ifedit.options import edit_settings
-from ifedit.presets import resolve_model
+from ifedit.presets import edit_settings, resolve_model
 from ifedit.prompting.template import template_prompt
 from ifedit.toyworld.detect import MOVING_EVENTS, detect
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case

@@ -72,7 +72,7 @@ class Bench:
         self.pipe = self.build()
         self.size = pipeline_size(self.pipe)
         height, width = (64, 96) if tiny else (480, 832)
-        self.kwargs = {**self.preset.call_kwargs(), "height": height, "width": width}
+        self.kwargs = {**self.preset.recipe.as_kwargs(), "height": height, "width": width}
         if tiny:  # the shortest edit through the same code
             self.kwargs.update(num_frames=5, num_inference_steps=1, refine=False, max_sequence_length=16)
         self.clip = clip_for(self.preset, self.size, self.kwargs["num_frames"], height, width)

@@ -23,8 +23,8 @@ import torch
 
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
-from ifedit.options import FAST_SETTINGS, edit_settings
-from ifedit.presets import resolve_model
+from ifedit.options import FAST_SETTINGS
+from ifedit.presets import edit_settings, resolve_model
 from ifedit.prompting.template import template_prompt
 from ifedit.sharpness import laplacian_variance
 from ifedit.toyworld.detect import MOVING_EVENTS, move_error, score_edit

@@ -23,8 +23,7 @@ from ifedit.bench.runner import CaseEditor, RunPlan, Task, case_seed, select_cas
 from ifedit.cli import main
 from ifedit.errors import SetupError
 from ifedit.loading import LoadOptions
-from ifedit.options import edit_settings
-from ifedit.presets import custom_preset
+from ifedit.presets import custom_preset, edit_settings
 
 
 def _run(benchmark, data, out, model, *extra):

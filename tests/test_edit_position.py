@@ -13,8 +13,8 @@ from ifedit.dropout import clip_frame_index, kept_frame_indices, position_latent
 from ifedit.editor import Editor
 from ifedit.errors import InvalidInputError
 from ifedit.loading import LoadOptions
-from ifedit.options import check_options, edit_settings
-from ifedit.presets import get_preset
+from ifedit.options import EditSettings
+from ifedit.presets import edit_settings, get_preset
 from ifedit.sharpness import latent_frame_candidates
 from ifedit.toyworld.detect import detect
 from ifedit.toyworld.scenes import EVAL_SEED_START, render_clip, sample_case
@@ -52,13 +52,13 @@ def test_thinned_clip_frames_are_numbered_as_in_the_whole_clip():
 @pytest.mark.parametrize("position", [0, -0.5, 1.5, float("nan"), float("inf"), "half", True])
 def test_bad_positions_are_refused(position):
     with pytest.raises(InvalidInputError, match="edit_position must be a fraction of the clip in"):
-        check_options(edit_position=position)
+        EditSettings(edit_position=position)
 
 
 def test_a_position_on_the_source_frame_is_refused():
     with pytest.raises(InvalidInputError, match="edit_position must be at least 0.0625 for 33 frames"):
-        check_options(num_frames=33, edit_position=0.05)
-    check_options(num_frames=33, edit_position=0.07)
+        EditSettings(num_frames=33, edit_position=0.05)
+    EditSettings(num_frames=33, edit_position=0.07)
 
 
 def test_pipeline_reads_the_candidates_at_the_position(load_tiny, source_image, generator):

@@ -25,6 +25,7 @@ from ifedit.loading import (
     retry_tier,
 )
 from ifedit.memory import KNOWN_SIZES, Clip
+from ifedit.options import EditSettings
 from ifedit.presets import PRESETS, LoraWeights, custom_preset, get_preset, resolve_model
 from ifedit.tiny import tiny_transformer
 
@@ -33,8 +34,9 @@ CPU = LoadOptions(device="cpu")
 
 def test_paper_preset_holds_the_recipe():
     paper = get_preset("paper")
-    assert (paper.num_inference_steps, paper.guidance_scale, paper.flow_shift, paper.num_frames) == (8, 1.0, 5.0, 33)
-    assert (paper.tld_stride, paper.max_area, paper.scheduler, paper.sigma_schedule) == (
+    recipe = paper.recipe
+    assert (recipe.num_inference_steps, recipe.guidance_scale, recipe.num_frames, paper.flow_shift) == (8, 1.0, 33, 5)
+    assert (recipe.tld_stride, recipe.max_area, paper.scheduler, recipe.sigma_schedule) == (
         3,
         480 * 832,
         "euler",
@@ -45,7 +47,7 @@ def test_paper_preset_holds_the_recipe():
         ("low_noise_model.safetensors", "transformer_2"),
     ]
     assert paper.model_id == "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
-    kwargs = paper.call_kwargs()
+    kwargs = recipe.as_kwargs()
     assert kwargs["num_inference_steps"] == 8 and kwargs["tld_stride"] == 3 and kwargs["sigma_schedule"] == "uniform"
 
 
@@ -74,7 +76,7 @@ def test_debug_tiny_builds_in_memory_and_edits():
     pipe.set_progress_bar_config(disable=True)
     image = PIL.Image.new("RGB", (96, 64), (10, 200, 30))
     result = pipe(
-        image, "anything", generator=torch.Generator().manual_seed(0), **get_preset("debug-tiny").call_kwargs()
+        image, "anything", generator=torch.Generator().manual_seed(0), **get_preset("debug-tiny").recipe.as_kwargs()
     )
     assert result.image.size == (96, 64)
 
@@ -181,9 +183,9 @@ def test_lora_errors_name_the_problem(tiny_dirs, lora_dir):
 
 def test_every_preset_has_a_complete_recipe():
     for preset in PRESETS.values():
-        kwargs = preset.call_kwargs()
-        assert kwargs["num_inference_steps"] >= 1 and (kwargs["num_frames"] - 1) % 4 == 0
-        assert preset.fps > 0 and preset.max_area > 0
+        recipe = preset.recipe
+        assert recipe.num_inference_steps >= 1 and (recipe.num_frames - 1) % 4 == 0
+        assert preset.fps > 0 and recipe.max_area > 0
 
 
 @pytest.mark.parametrize(
@@ -279,7 +281,7 @@ def test_a_model_larger_than_this_machines_memory_is_refused_before_loading(monk
 def test_the_placement_is_recorded_with_the_edit(tiny_dirs):
     editor = Editor(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", vae_tiling=True))
     editor.pipe.set_progress_bar_config(disable=True)
-    settings = {"num_frames": 5, "num_inference_steps": 2, "height": 64, "width": 96}
+    settings = EditSettings(num_frames=5, num_inference_steps=2, height=64, width=96)
     edit = editor.edit(PIL.Image.new("RGB", (96, 64)), "x", settings, seed=0)
     memory = edit.record["memory_plan"]
     assert (memory["tier"], memory["mode"], memory["offload"], memory["vae_tiling"]) == ("resident", "auto", "none",
@@ -297,7 +299,7 @@ def test_running_out_of_memory_in_an_edit_is_one_line_and_the_editor_still_edits
     editor = Editor(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", memory=memory))
     editor.pipe.set_progress_bar_config(disable=True)
     image = PIL.Image.new("RGB", (96, 64))
-    settings = {"num_frames": 5, "num_inference_steps": 2, "refine": False, "height": 64, "width": 96}
+    settings = EditSettings(num_frames=5, num_inference_steps=2, refine=False, height=64, width=96)
     # One memory holds everything on the CPU: there is no leaner placement to retry with.
     numbers = r"\(predicted 3\.\d GiB, \d+\.\d GiB free\)"
     with pytest.raises(SetupError, match=rf"^ran out of memory with everything on cpu {numbers}; try fewer --frames "

@@ -29,7 +29,7 @@ from ifedit.toyworld.scenes import render_frame, sample_case
 # Short edits: two denoising steps of a five-frame clip, as the server's defaults (requests may change them).
 FAST = ("--model", "toyworld", "--steps", "2", "--frames", "5", "--prompt-enhancer", "template")
 KEY = "test-key-0123456789abcdef"
-SLOW_STEPS = "1000"  # the most check_options allows  # an edit that runs far longer than any test waits for it
+SLOW_STEPS = "1000"  # the most EditSettings allows  # an edit that runs far longer than any test waits for it
 
 
 def serve_args(*options: str):
@@ -329,15 +329,15 @@ def test_request_settings_override_the_servers_defaults():
     preset = get_preset("toyworld")
     defaults = serve_args("--fast", "--height", "48", "--width", "64", "--seed", "9")
     request = parse_form({"prompt": "x"}, preset, defaults, "toyworld")
-    assert request.settings["refine_frames"] == 5 and request.settings["decode_frames"] == "needed"  # --fast
-    assert (request.settings["height"], request.settings["width"], request.seeds) == (48, 64, (9,))
+    assert request.settings.refine_frames == 5 and request.settings.decode_frames == "needed"  # --fast
+    assert (request.settings.height, request.settings.width, request.seeds) == (48, 64, (9,))
     request = parse_form(
         {"prompt": "x", "fast": "false", "size": "auto", "refine": "true", "n": "2"}, preset, defaults, "toyworld"
     )
-    assert request.settings["refine_frames"] is None and request.settings["refine"] is True
-    assert (request.settings["height"], request.settings["width"], request.seeds) == (None, None, (9, 10))
+    assert request.settings.refine_frames is None and request.settings.refine is True
+    assert (request.settings.height, request.settings.width, request.seeds) == (None, None, (9, 10))
     request = parse_form({"prompt": "x", "size": "80x48", "video_prompt": " ready "}, preset, defaults, "toyworld")
-    assert (request.settings["width"], request.settings["height"], request.video_prompt) == (80, 48, "ready")
+    assert (request.settings.width, request.settings.height, request.video_prompt) == (80, 48, "ready")
     with pytest.raises(InvalidInputError, match="video_prompt must not be empty"):
         parse_form({"prompt": "x", "video_prompt": " "}, preset, defaults, "toyworld")
 

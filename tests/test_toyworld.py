@@ -112,7 +112,7 @@ def test_sample_command_writes_the_scene(tmp_path, capsys):
 
 
 def test_the_preset_pads_text_as_training_did():
-    assert get_preset("toyworld").max_sequence_length == TEXT_SEQUENCE
+    assert get_preset("toyworld").recipe.max_sequence_length == TEXT_SEQUENCE
 
 
 def test_tokenizer_knows_every_training_word():

@@ -15,8 +15,7 @@ import pytest
 from ifedit.cli import main
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
-from ifedit.options import edit_settings
-from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, get_preset
+from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, edit_settings, get_preset
 from ifedit.prompting import enhance
 from ifedit.toyworld.detect import MOVING_EVENTS, move_error, score_edit
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case

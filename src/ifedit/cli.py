@@ -21,8 +21,8 @@ from . import __version__
 from .errors import IFEditError, InvalidInputError, SetupError
 from .io import check_output_path, check_writable, load_image
 from .memory import MEMORY_CHOICES
-from .options import FAST_SETTINGS, check_options, check_seed, edit_settings
-from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, resolve_model
+from .options import FAST_SETTINGS, EditSettings, check_seed
+from .presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, edit_settings, resolve_model
 from .prompting import DEFAULT_LOCAL_MODEL, ENHANCER_CHOICES, INPUT_KINDS
 from .redact import redact, register_secret, safe_text, strip_control
 from .toyworld.config import TrainConfig
@@ -716,7 +716,6 @@ def _edit(args: argparse.Namespace) -> int:
     instruction = _user_text(args.instruction, "instruction")
     if args.prompt is not None:
         args.prompt = _user_text(args.prompt, "--prompt")
-    check_options(prompt=args.prompt or instruction, **settings)
     image = load_image(args.image)
     outputs = _output_paths(args)
     _quiet_libraries()
@@ -772,8 +771,8 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edit_settings(preset: Preset, args: argparse.Namespace) -> dict:
-    """Pipeline keyword arguments from the edit options (shared by `edit` and `bench run`)."""
+def _edit_settings(preset: Preset, args: argparse.Namespace) -> EditSettings:
+    """The preset's recipe with the edit options given, checked (shared by `edit`, `bench run` and `serve`)."""
     given = dict(
         num_inference_steps=args.steps,
         num_frames=args.frames,
@@ -997,8 +996,9 @@ def _plan(args: argparse.Namespace) -> int:
     if size is None:
         raise SetupError(f"cannot size {args.model} without its files: download it (`hf download {args.model}`) "
                          "and pass the folder, or name a preset")  # fmt: skip
-    frames = round_frames(preset.num_frames if args.frames is None else args.frames, size.vae_temporal)
-    height, width = fit_size((832, 480), args.height, args.width, preset.max_area, size.size_multiple)
+    recipe = preset.recipe
+    frames = round_frames(recipe.num_frames if args.frames is None else args.frames, size.vae_temporal)
+    height, width = fit_size((832, 480), args.height, args.width, recipe.max_area, size.size_multiple)
     plan = plan_memory(size, clip_for(preset, size, frames, height, width), args.gpu_memory, args.host_memory)
     if args.json:
         print(json.dumps({"model": args.model, "model_id": preset.model_id, **plan.to_dict()}, indent=2))
@@ -1078,7 +1078,6 @@ def _bench_run(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     preset = _with_lora_options(resolve_model(args.model), args)
     settings = _edit_settings(preset, args)
-    check_options(**settings)
     plan = RunPlan(
         benchmark=args.benchmark,
         data=Path(args.data).expanduser().resolve(),

@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from .loading import LoadOptions, check_placement, free_accelerator_memory, load_pipeline, out_of_memory, retry_tier
+from .options import EditSettings
 from .pipeline import IFEditPipelineOutput
 from .presets import Preset
 from .report import versions
@@ -50,7 +51,7 @@ class Editor:
         self,
         image: PIL.Image.Image,
         instruction: str,
-        settings: dict[str, Any],
+        settings: EditSettings,
         *,
         prompt: str | None = None,
         prompt_provenance: dict[str, Any] | None = None,
@@ -69,7 +70,7 @@ class Editor:
                 generator=torch.Generator("cpu").manual_seed(seed),
                 return_frames=return_frames,
                 callback_on_step_end=callback,
-                **settings,
+                **settings.as_kwargs(),
             )
         )
         memory = self.pipe.memory_plan
@@ -82,7 +83,12 @@ class Editor:
             "prompt_enhancement": prompt_provenance or {"backend": "none"},
             "model": {**model_record(self.preset), **self.pipe.weights_record},
             "seed": seed,
-            "settings": {**settings, "height": result.height, "width": result.width, "num_frames": result.num_frames},
+            "settings": {
+                **settings.as_kwargs(),
+                "height": result.height,
+                "width": result.width,
+                "num_frames": result.num_frames,
+            },
             "placement": {
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),

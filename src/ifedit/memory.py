@@ -239,14 +239,15 @@ def clip_for(
 ) -> Clip:
     """The clip an edit with `preset` runs: frames up to 4n + 1 and sides up to the model's multiple, quietly (the
     pipeline, which rounds to the nearest, says so itself); sides not given follow the preset's area at 480 x 832."""
-    frames = preset.num_frames if frames is None else frames
+    recipe = preset.recipe
+    frames = recipe.num_frames if frames is None else frames
     frames = -(-max(frames - 1, 0) // size.vae_temporal) * size.vae_temporal + 1
     multiple = size.size_multiple
     height, width = (None if side is None else max(1, -(-side // multiple)) * multiple for side in (height, width))
-    height, width = fit_size((832, 480), height, width, preset.max_area, multiple)
-    guided = max(preset.guidance_scale, preset.guidance_scale_2 or 0) > 1
-    prompts = (2 if preset.refine else 1) * (2 if guided else 1)
-    return Clip(frames, height, width, prompts, preset.max_sequence_length)
+    height, width = fit_size((832, 480), height, width, recipe.max_area, multiple)
+    guided = max(recipe.guidance_scale, recipe.guidance_scale_2 or 0) > 1
+    prompts = (2 if recipe.refine else 1) * (2 if guided else 1)
+    return Clip(frames, height, width, prompts, recipe.max_sequence_length)
 
 
 @dataclass(frozen=True)

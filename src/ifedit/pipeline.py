@@ -35,7 +35,7 @@ from .dropout import (
 )
 from .errors import InvalidInputError
 from .io import validate_image
-from .options import DecodeMode, HistoryMode, PositionMode, SigmaSchedule, check_options
+from .options import DecodeMode, EditSettings, HistoryMode, PositionMode, SigmaSchedule, check_call
 from .sharpness import laplacian_variance, latent_frame_candidates, sharpest
 from .sizes import fit_size, round_frames
 
@@ -43,8 +43,8 @@ DEFAULT_REFINE_PROMPT = (
     "A perfectly still video. The camera is fixed on a tripod and nothing in the scene moves. "
     "Enhanced clarity, sharp focus, fine detail and clean textures."
 )
-DEFAULT_MAX_AREA = 480 * 832
 DEFAULT_TLD_THRESHOLD = 0.9
+DEFAULTS = EditSettings()  # the keyword arguments' defaults
 
 
 @dataclass
@@ -138,29 +138,29 @@ class IFEditPipeline(WanImageToVideoPipeline):
         self,
         image: PIL.Image.Image,
         prompt: str,
-        negative_prompt: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        max_area: int = DEFAULT_MAX_AREA,
-        num_frames: int = 33,
-        num_inference_steps: int = 8,
-        guidance_scale: float = 1.0,
-        guidance_scale_2: float | None = None,
-        sigma_schedule: SigmaSchedule = "default",
-        tld_stride: int = 3,
-        tld_threshold: float | None = None,
-        tld_history: HistoryMode = "slice",
-        tld_positions: PositionMode = "contiguous",
-        refine: bool = True,
-        refine_prompt: str | None = None,
-        refine_frames: int | None = None,
-        refine_steps: int | None = None,
-        refine_strength: float = 1.0,
-        decode_frames: DecodeMode = "all",
-        edit_position: float = 1.0,
+        negative_prompt: str | None = DEFAULTS.negative_prompt,
+        height: int | None = DEFAULTS.height,
+        width: int | None = DEFAULTS.width,
+        max_area: int = DEFAULTS.max_area,
+        num_frames: int = DEFAULTS.num_frames,
+        num_inference_steps: int = DEFAULTS.num_inference_steps,
+        guidance_scale: float = DEFAULTS.guidance_scale,
+        guidance_scale_2: float | None = DEFAULTS.guidance_scale_2,
+        sigma_schedule: SigmaSchedule = DEFAULTS.sigma_schedule,
+        tld_stride: int = DEFAULTS.tld_stride,
+        tld_threshold: float | None = DEFAULTS.tld_threshold,
+        tld_history: HistoryMode = DEFAULTS.tld_history,
+        tld_positions: PositionMode = DEFAULTS.tld_positions,
+        refine: bool = DEFAULTS.refine,
+        refine_prompt: str | None = DEFAULTS.refine_prompt,
+        refine_frames: int | None = DEFAULTS.refine_frames,
+        refine_steps: int | None = DEFAULTS.refine_steps,
+        refine_strength: float = DEFAULTS.refine_strength,
+        decode_frames: DecodeMode = DEFAULTS.decode_frames,
+        edit_position: float = DEFAULTS.edit_position,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
-        max_sequence_length: int = 512,
+        max_sequence_length: int = DEFAULTS.max_sequence_length,
         output_type: str = "pil",
         return_frames: bool = False,
         attention_kwargs: dict[str, Any] | None = None,
@@ -175,7 +175,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
             negative_prompt: used only where guidance is above 1.
             height, width: pixel size of the video. By default the image's aspect ratio at `max_area` pixels;
                 sides are rounded to the model's multiple (16 or 32) with a warning.
-            max_area: target pixel area when height and width are not given (480p: 480 x 832).
+            max_area: target pixel area when height and width are not given (default 480p: 480 x 832).
             num_frames: frames of the edit video, rounded to 4n+1 with a warning; at least 5.
             num_inference_steps: denoising steps of the edit pass.
             guidance_scale: classifier-free guidance of the high-noise expert (1.0 turns guidance off).
@@ -214,27 +214,9 @@ class IFEditPipeline(WanImageToVideoPipeline):
         device = self._execution_device
         timer = _StageTimer(device)
         image = validate_image(image)
-        check_options(
-            prompt=prompt,
-            num_frames=num_frames,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_scale_2=guidance_scale_2,
-            height=height,
-            width=width,
-            sigma_schedule=sigma_schedule,
-            tld_stride=tld_stride,
-            tld_threshold=tld_threshold,
-            tld_history=tld_history,
-            tld_positions=tld_positions,
-            refine_frames=refine_frames,
-            refine_steps=refine_steps,
-            refine_strength=refine_strength,
-            decode_frames=decode_frames,
-            edit_position=edit_position,
-            output_type=output_type,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
+        # Every keyword that is an edit setting, checked as one (`EditSettings` is where they and their defaults live).
+        EditSettings.from_keywords(locals())
+        check_call(prompt, output_type, callback_on_step_end_tensor_inputs)
         self._check_scheduler(sigma_schedule, refine_strength)
         frames_per_latent = self.vae_scale_factor_temporal
         num_frames = round_frames(num_frames, frames_per_latent)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
+from .options import EditSettings
 
 SchedulerName = Literal["euler", "unipc"]
 
@@ -33,36 +34,12 @@ class Preset:
     model_id: str | None  # Hub id; None for models built in memory
     scheduler: SchedulerName | None  # None keeps the scheduler the model ships with
     flow_shift: float | None
-    num_inference_steps: int
-    guidance_scale: float
-    num_frames: int
     fps: int
-    max_area: int
-    guidance_scale_2: float | None = None
-    sigma_schedule: Literal["default", "uniform"] = "default"
-    tld_stride: int = 3
-    tld_threshold: float | None = None
-    max_sequence_length: int = 512  # text tokens; Wan pads every prompt to 512
-    refine: bool = True  # self-consistent post-refinement (the paper's recipe)
+    recipe: EditSettings  # how its publishers (or the paper) sample it; users' settings override it per edit
     loras: tuple[LoraWeights, ...] = ()
     lora_distilled: bool = False  # its steps and guidance are those its LoRAs were distilled for
     gpu_memory_gb: float = 0.0  # what one edit needs on a GPU without offloading; 0 = runs anywhere
     notes: str = ""
-
-    def call_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `IFEditPipeline.__call__` that carry this preset's recipe."""
-        return {
-            "num_inference_steps": self.num_inference_steps,
-            "guidance_scale": self.guidance_scale,
-            "guidance_scale_2": self.guidance_scale_2,
-            "num_frames": self.num_frames,
-            "max_area": self.max_area,
-            "sigma_schedule": self.sigma_schedule,
-            "tld_stride": self.tld_stride,
-            "tld_threshold": self.tld_threshold,
-            "max_sequence_length": self.max_sequence_length,
-            "refine": self.refine,
-        }
 
     def with_loras(self, loras: tuple[LoraWeights, ...]) -> Preset:
         return dataclasses.replace(self, loras=loras)
@@ -84,12 +61,14 @@ PRESETS: dict[str, Preset] = {
             model_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
             scheduler="euler",
             flow_shift=5.0,
-            num_inference_steps=8,
-            guidance_scale=1.0,
-            sigma_schedule="uniform",
-            num_frames=33,
             fps=16,
-            max_area=AREA_480P,
+            recipe=EditSettings(
+                num_inference_steps=8,
+                guidance_scale=1.0,
+                sigma_schedule="uniform",
+                num_frames=33,
+                max_area=AREA_480P,
+            ),
             loras=(
                 LoraWeights(LIGHTNING_SOURCE, "high_noise_model.safetensors", "transformer", LIGHTNING_FOLDER),
                 LoraWeights(LIGHTNING_SOURCE, "low_noise_model.safetensors", "transformer_2", LIGHTNING_FOLDER),
@@ -104,12 +83,14 @@ PRESETS: dict[str, Preset] = {
             model_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
             scheduler="unipc",
             flow_shift=5.0,
-            num_inference_steps=40,
-            guidance_scale=3.5,
-            guidance_scale_2=3.5,
-            num_frames=81,
             fps=16,
-            max_area=AREA_480P,
+            recipe=EditSettings(
+                num_inference_steps=40,
+                guidance_scale=3.5,
+                guidance_scale_2=3.5,
+                num_frames=81,
+                max_area=AREA_480P,
+            ),
             gpu_memory_gb=70,
             notes="several minutes per edit on one H100",
         ),
@@ -119,11 +100,13 @@ PRESETS: dict[str, Preset] = {
             model_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
             scheduler="unipc",
             flow_shift=5.0,
-            num_inference_steps=50,
-            guidance_scale=5.0,
-            num_frames=121,
             fps=24,
-            max_area=AREA_720P,
+            recipe=EditSettings(
+                num_inference_steps=50,
+                guidance_scale=5.0,
+                num_frames=121,
+                max_area=AREA_720P,
+            ),
             gpu_memory_gb=24,
         ),
         Preset(
@@ -132,11 +115,13 @@ PRESETS: dict[str, Preset] = {
             model_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
             scheduler="unipc",
             flow_shift=3.0,
-            num_inference_steps=40,
-            guidance_scale=5.0,
-            num_frames=81,
             fps=16,
-            max_area=AREA_480P,
+            recipe=EditSettings(
+                num_inference_steps=40,
+                guidance_scale=5.0,
+                num_frames=81,
+                max_area=AREA_480P,
+            ),
             gpu_memory_gb=45,
         ),
         Preset(
@@ -145,16 +130,18 @@ PRESETS: dict[str, Preset] = {
             model_id=str(TOYWORLD_WEIGHTS),
             scheduler="euler",
             flow_shift=5.0,
-            num_inference_steps=12,
-            guidance_scale=1.0,
-            sigma_schedule="uniform",
-            num_frames=17,
             fps=8,
-            max_area=64 * 64,
-            max_sequence_length=128,  # what the toy model was trained with (toyworld.train.TEXT_SEQUENCE)
-            # Measured on 110 held-out scenes (README): refinement lowers the toy world's success from 0.37 to 0.26,
-            # since its small VAE blurs small shapes and the still-video pass runs them through it a second time.
-            refine=False,
+            recipe=EditSettings(
+                num_inference_steps=12,
+                guidance_scale=1.0,
+                sigma_schedule="uniform",
+                num_frames=17,
+                max_area=64 * 64,
+                max_sequence_length=128,  # what the toy model was trained with (toyworld.train.TEXT_SEQUENCE)
+                # Measured on 110 held-out scenes (README): refinement lowers the toy world's success from 0.37 to
+                # 0.26, since its small VAE blurs small shapes and the still-video pass runs them through it again.
+                refine=False,
+            ),
             notes="see `ifedit toyworld --help` and `ifedit demo`",
         ),
         Preset(
@@ -163,16 +150,28 @@ PRESETS: dict[str, Preset] = {
             model_id=None,
             scheduler="euler",
             flow_shift=5.0,
-            num_inference_steps=4,
-            guidance_scale=1.0,
-            sigma_schedule="uniform",
-            num_frames=9,
             fps=8,
-            max_area=64 * 96,
+            recipe=EditSettings(
+                num_inference_steps=4,
+                guidance_scale=1.0,
+                sigma_schedule="uniform",
+                num_frames=9,
+                max_area=64 * 96,
+            ),
         ),
     )
 }
 DEFAULT_PRESET = "paper"
+
+
+def edit_settings(preset: Preset, **overrides: Any) -> EditSettings:
+    """A preset's recipe with every override that is not None (None keeps the recipe's value), checked."""
+    unknown = set(overrides) - set(EditSettings.names())
+    if unknown:
+        raise TypeError(f"unknown edit settings: {', '.join(sorted(unknown))}")
+    return dataclasses.replace(
+        preset.recipe, **{name: value for name, value in overrides.items() if value is not None}
+    )
 
 
 def get_preset(name: str) -> Preset:
@@ -201,7 +200,7 @@ def custom_preset(model: str) -> Preset:
         model_id=model,
         scheduler=None,
         flow_shift=None,
-        sigma_schedule="default",
+        recipe=dataclasses.replace(paper.recipe, sigma_schedule="default"),
         loras=(),
         lora_distilled=False,
         gpu_memory_gb=0.0,

@@ -24,6 +24,7 @@ from ..editor import model_record
 from ..errors import InvalidInputError
 from ..io import validate_image
 from ..loading import LoadOptions
+from ..options import EditSettings
 from ..presets import Preset
 from .cases import EditCase, load_cases
 from .layout import RunFolder, case_record, check_distinct, compose_output, describe_error
@@ -59,7 +60,7 @@ class RunPlan:
     out: Path
     preset: Preset
     load_options: LoadOptions
-    settings: dict[str, Any]
+    settings: EditSettings
     prompts: PromptOptions = PromptOptions()
     seed: int = 0
     limit: int | None = None
@@ -139,7 +140,7 @@ def fingerprint(plan: RunPlan) -> dict[str, Any]:
             "attention_backend": options.attention_backend,
             "compile": options.compile,
         },
-        "settings": plan.settings,
+        "settings": plan.settings.as_kwargs(),
         "seed": plan.seed,
         "prompt_enhancement": plan.prompts.recorded(),
     }
@@ -234,7 +235,7 @@ def prompt_stage(cases: Sequence[EditCase], plan: RunPlan, folder: RunFolder) ->
 class CaseEditor:
     """What a process (or a Ray actor) holds for the edit stage: one loaded model and the run's settings."""
 
-    def __init__(self, preset: Preset, options: LoadOptions, settings: dict[str, Any], threads: int | None = None):
+    def __init__(self, preset: Preset, options: LoadOptions, settings: EditSettings, threads: int | None = None):
         if threads:
             import torch
 

@@ -11,7 +11,6 @@ import os
 from .. import cli
 from ..errors import InvalidInputError, SetupError
 from ..loading import check_placement
-from ..options import check_options
 from ..presets import resolve_model
 from ..redact import register_secret
 from .backends import LocalBackend, RayBackend, RayPlan
@@ -52,7 +51,7 @@ def build_service(args: argparse.Namespace):
     key = api_key(args)
     _check_server_options(args)
     preset = cli._with_lora_options(resolve_model(args.model), args)
-    check_options(**cli._edit_settings(preset, args))  # the defaults of every request, checked once up front
+    cli._edit_settings(preset, args)  # the defaults of every request, checked once up front
     cli._quiet_libraries()
     options = cli._load_options(args)
     replica_args = (preset, options, prompt_options(args))

@@ -13,13 +13,12 @@ import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import PIL.Image
 
 from .. import cli
 from ..errors import InvalidInputError
-from ..options import check_options
+from ..options import EditSettings
 from ..presets import Preset
 
 RESPONSE_FORMATS = ("b64_json", "url")
@@ -51,7 +50,7 @@ class EditRequest:
     instruction: str
     video_prompt: str | None  # a ready video prompt; None runs the prompt stage
     input_kind: str
-    settings: dict[str, Any]
+    settings: EditSettings
     seeds: tuple[int | None, ...]  # None: drawn by the editor and recorded
     response_format: str
     image: PIL.Image.Image | None = None
@@ -105,7 +104,6 @@ def parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Nam
 
     options = _options(fields, defaults)
     settings = cli._edit_settings(preset, options)
-    check_options(prompt=video_prompt or instruction, **settings)
     _check_limits(settings, preset)
     if options.seed is not None and not 0 <= options.seed <= 2**63 - n:
         raise InvalidInputError(f"seed must be between 0 and {2**63 - n}, got {options.seed}")
@@ -146,19 +144,19 @@ def _options(fields: Mapping[str, str], defaults: argparse.Namespace) -> argpars
     return options
 
 
-def _check_limits(settings: dict[str, Any], preset: Preset) -> None:
+def _check_limits(settings: EditSettings, preset: Preset) -> None:
     """Refuse sizes and clip lengths far beyond the preset's recipe (memory grows with both)."""
-    height, width = settings["height"], settings["width"]
-    area_limit = LIMIT_FACTOR * preset.max_area
+    height, width = settings.height, settings.width
+    area_limit = LIMIT_FACTOR * preset.recipe.max_area
     if height is not None and width is not None and height * width > area_limit:
         raise InvalidInputError(
             f"size {width}x{height} is too large for this server: at most {area_limit} pixels "
             f"({LIMIT_FACTOR} times the {preset.name} recipe's area)"
         )
-    frame_limit = LIMIT_FACTOR * preset.num_frames
-    for name in ("num_frames", "refine_frames"):
-        if settings[name] is not None and settings[name] > frame_limit:
-            raise InvalidInputError(f"{name} must be at most {frame_limit} on this server, got {settings[name]}")
+    frame_limit = LIMIT_FACTOR * preset.recipe.num_frames
+    for name, frames in (("num_frames", settings.num_frames), ("refine_frames", settings.refine_frames)):
+        if frames is not None and frames > frame_limit:
+            raise InvalidInputError(f"{name} must be at most {frame_limit} on this server, got {frames}")
 
 
 def _whole(value: str, name: str) -> int:

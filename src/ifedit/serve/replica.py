@@ -24,6 +24,7 @@ from .. import cli
 from ..editor import Editor
 from ..errors import IFEditError, InvalidInputError
 from ..loading import LoadOptions
+from ..options import EditSettings
 from ..pipeline import refine_start_step
 from ..presets import Preset
 from ..redact import redact_data, register_secret, safe_text
@@ -61,13 +62,13 @@ def prompt_options(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{name: getattr(args, name) for name in PROMPT_OPTIONS})
 
 
-def edit_steps(settings: dict[str, Any]) -> int:
+def edit_steps(settings: EditSettings) -> int:
     """Denoising steps one edit runs: the edit pass, and the part of the refinement pass its strength runs."""
-    steps = settings["num_inference_steps"]
-    if not settings["refine"]:
+    steps = settings.num_inference_steps
+    if not settings.refine:
         return steps
-    refine_steps = settings["refine_steps"] or steps
-    return steps + refine_steps - refine_start_step(refine_steps, settings["refine_strength"])
+    refine_steps = settings.refine_steps or steps
+    return steps + refine_steps - refine_start_step(refine_steps, settings.refine_strength)
 
 
 class EditReplica:

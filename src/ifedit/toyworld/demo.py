@@ -12,7 +12,6 @@ import PIL.Image
 from ..editor import Editor
 from ..io import save_image
 from ..loading import LoadOptions
-from ..options import edit_settings
 from ..presets import Preset
 from ..prompting.template import template_prompt
 from ..report import contact_sheet
@@ -27,7 +26,6 @@ def run_demo(preset: Preset, output: Path, log: Callable[[str], None] = print) -
     """Edit one held-out scene per demo event, write the picture, and return which edits met their target."""
     editor = Editor(preset, LoadOptions(device="cpu"))
     editor.pipe.set_progress_bar_config(disable=True)
-    settings = edit_settings(preset)
     rows, successes = [], []
     start = time.perf_counter()
     for index, event in enumerate(DEMO_EVENTS):
@@ -35,7 +33,7 @@ def run_demo(preset: Preset, output: Path, log: Callable[[str], None] = print) -
         clip = render_clip(case)
         # The video prompt `ifedit edit` writes offline, with no VLM configured.
         prompt = template_prompt(case.instruction, "instruction")
-        edit = editor.edit(PIL.Image.fromarray(clip[0]), case.instruction, settings, prompt=prompt, seed=index)
+        edit = editor.edit(PIL.Image.fromarray(clip[0]), case.instruction, preset.recipe, prompt=prompt, seed=index)
         edited = np.asarray(edit.result.image)
         score = score_edit(case, edited, clip[-1])
         successes.append(score.success)
