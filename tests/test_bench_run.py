@@ -249,3 +249,17 @@ def test_a_ray_worker_that_cannot_start_stops_the_run_with_its_reason(tmp_path, 
         "Hub id"
     )
     assert re.search(r"(?m)--workers 1000: the Ray cluster has (\d+) [CG]PUs; using \1$", caplog.text)
+
+
+def test_report_before_scoring_says_to_score_and_names_the_preset(tmp_path, tiny_dirs, capsys):
+    data, out = risebench(tmp_path / "rise"), tmp_path / "run"
+    assert _run("risebench", data, out, tiny_dirs["a14b"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "report", str(out)]) == 0
+    assert f"run `ifedit bench score {out}` first" in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert report.startswith("# ifedit on risebench: paper (local folder)") and tiny_dirs["a14b"] not in report
+    assert f"No scores yet: run `ifedit bench score {out}`." in report
+    (out / "scores.json").write_text("[" * 100_000)
+    assert main(["bench", "report", str(out)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ import PIL.Image
 
 from ..errors import InvalidInputError
 from ..io import atomic_path, load_image, save_image
+from .cases import read_json
 from .layout import RunFolder, output_relpath
 from .published import PUBLISHED
 from .scoring import SCORES, finished_cases
 
 THUMBNAIL = 160
+logger = logging.getLogger("ifedit")
 
 
 def write_report(root: Path) -> list[Path]:
@@ -25,12 +28,18 @@ def write_report(root: Path) -> list[Path]:
     if manifest is None:
         raise InvalidInputError(f"{folder.root} is not a run folder (no {folder.manifest_path.name}); see bench run")
     scores_path = folder.root / SCORES
-    scores = json.loads(scores_path.read_text(encoding="utf-8")) if scores_path.is_file() else {}
+    if scores_path.is_file():
+        scores = read_json(scores_path, f"scores of the run ({SCORES})", dict)
+    else:
+        scores = {}
+        logger.warning(
+            "no scores yet: run `ifedit bench score %s` first for metrics; the report lists the outputs", root
+        )
     per_case = scores.get("cases", {})
     cases = finished_cases(folder)
     metrics = sorted({name for values in per_case.values() for name, v in values.items() if _is_number(v)})
     benchmark = manifest["benchmark"]
-    title = f"ifedit on {benchmark}: {manifest['model']['model_id'] or manifest['model']['preset']}"
+    title = f"ifedit on {benchmark}: {manifest['model']['preset']}"  # a preset's name, not a folder of weights
     summary = _summary_rows(scores, metrics)
     published = [(p.method, p.metric, _format(p.value), p.note) for p in PUBLISHED.get(benchmark, ())]
     official = scores.get("official") or {}
@@ -42,7 +51,10 @@ def write_report(root: Path) -> list[Path]:
     failures = folder.failures()
 
     markdown = [f"# {title}", "", _run_line(manifest, len(cases), failures), ""]
-    markdown += ["## Scores", "", *_markdown_table(["", *metrics], summary), ""]
+    if not scores:
+        markdown += ["## Scores", "", f"No scores yet: run `ifedit bench score {root}`.", ""]
+    else:
+        markdown += ["## Scores", "", *_markdown_table(["", *metrics], summary), ""]
     if scores.get("official"):
         markdown += ["## Official scorer", "", "```json", json.dumps(scores["official"], indent=2), "```", ""]
     markdown += [f"## {published_title}", "", *_markdown_table(["method", "metric", "value", "note"], published), ""]
