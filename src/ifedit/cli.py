@@ -1153,6 +1153,9 @@ def _quiet_libraries() -> None:
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    if logger.level >= logging.WARNING:  # -q: the libraries' loading bars go too
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":
