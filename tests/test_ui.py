@@ -199,6 +199,8 @@ def test_the_page_has_the_ids_scripts_drive_and_examples(app):
     page = ui.build_page(app)
     ids = {block.elem_id for block in page.blocks.values()}
     assert {"source-image", "instruction", "prompt", "run", "result-image", "comparison", "frames", "clip"} <= ids
+    assert {"frame-pick", "picked-frame", "refine-frame"} <= ids
+    assert {"edit", "refine_frame"} <= {dependency.api_name for dependency in page.fns.values()}
     examples = app.examples()
     assert len(examples) == len(ui.EXAMPLE_SEEDS)
     for path, instruction in examples:
@@ -237,3 +239,33 @@ def test_ui_without_gradio_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "ifedit: error: ifedit ui needs the ui extra: pip install 'ifedit[ui]'\n"
     code = "import sys, ifedit.cli; sys.exit('gradio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_refine_this_frame_refines_the_picked_frame_alone(app, upload):
+    settings = {**FAST, "num_frames": 9, "tld_stride": 1, "refine_steps": 2}
+    view = edit(app, upload, "the square slides right", settings, 3)
+    assert view.clip_frames == 9 and 1 <= view.selected_frame < 9
+    picked = app.clip_frame(view.clip_id, 4)
+    steps = []
+    refined = app.refine_frame(view.clip_id, 4, settings, 5, lambda *step: steps.append(step))
+    # The still-video pass alone, from the picked frame: its own steps, the still prompt, the picked frame as "before".
+    assert steps == [(1, 2, "edit step 1"), (2, 2, "edit step 2")]
+    assert refined.before_after[0] is picked and refined.before_after[1] is refined.image
+    record = json.loads(refined.record.read_text())
+    assert record["prompt_enhancement"] == {"backend": "refinement"} and "still" in record["prompt"].lower()
+    assert record["settings"]["refine"] is False and record["settings"]["num_inference_steps"] == 2
+    assert refined.candidates[refined.chosen][1].endswith("(chosen)") and refined.status.startswith("Refined")
+    # The same seed and frame refine to the same pixels; another frame to other pixels.
+    again = app.refine_frame(view.clip_id, 4, settings, 5)
+    assert again.image.tobytes() == refined.image.tobytes()
+    black = PIL.Image.new("RGB", picked.size)
+    other = app._keep_clip([picked, black, picked])  # a clip whose frames differ clearly
+    assert app.refine_frame(other, 2, settings, 5).image.tobytes() == refined.image.tobytes()
+    assert app.refine_frame(other, 1, settings, 5).image.tobytes() != refined.image.tobytes()
+    bad = [(view.clip_id, 0, "frame must be a whole number from 1 to 8"), (view.clip_id, 9, "from 1 to 8"),
+           ("gone", 4, "no clip to pick a frame from")]  # fmt: skip
+    for bad_id, index, message in bad:
+        with pytest.raises(InvalidInputError, match=message):
+            app.refine_frame(bad_id, index, settings, 5)
+    with pytest.raises(InvalidInputError, match="set refine strength to 1"):
+        app.refine_frame(view.clip_id, 4, {**settings, "refine_strength": 0.5}, 5)

@@ -17,9 +17,10 @@ import PIL.Image
 import torch
 
 from . import __version__
+from .errors import InvalidInputError
 from .loading import LoadOptions, check_placement, free_accelerator_memory, load_pipeline, out_of_memory, retry_tier
 from .options import EditSettings
-from .pipeline import IFEditPipelineOutput
+from .pipeline import DEFAULT_REFINE_PROMPT, IFEditPipelineOutput
 from .presets import Preset
 from .report import versions
 
@@ -46,6 +47,39 @@ class Editor:
         start = time.perf_counter()
         self.pipe = load_pipeline(preset, options)
         self.load_seconds = time.perf_counter() - start
+
+    def refine(
+        self,
+        frame: PIL.Image.Image,
+        settings: EditSettings,
+        *,
+        seed: int | None = None,
+        callback: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        source: str | None = None,
+    ) -> Edit:
+        """The refinement pass alone (SPEC step 5) on a frame the user picked from an edit's clip: a still video from
+        it with the refinement settings, and its sharpest late frame. It starts from noise, as the refinement of an
+        edit does by default; a `refine_strength` below 1 needs the edit's own clip and is refused here."""
+        if settings.refine_strength < 1:
+            raise InvalidInputError(
+                "refining a picked frame starts from noise: set refine strength to 1 "
+                f"(got {settings.refine_strength:g})"
+            )
+        still = dataclasses.replace(
+            settings,
+            num_frames=settings.refine_frames or settings.num_frames,
+            num_inference_steps=settings.refine_steps or settings.num_inference_steps,
+            height=frame.height,
+            width=frame.width,
+            refine=False,
+            edit_position=1.0,
+        )
+        prompt = settings.refine_prompt or DEFAULT_REFINE_PROMPT
+        provenance = {"backend": "refinement"}
+        return self.edit(
+            frame, prompt, still, prompt=prompt, prompt_provenance=provenance, seed=seed, return_frames=True,
+            callback=callback, source=source,
+        )  # fmt: skip
 
     def edit(
         self,

@@ -10,12 +10,16 @@ which files a request may name, and prompt writing never holds the model's turn 
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ logger = logging.getLogger("ifedit")
 Enhancer = Callable[[PIL.Image.Image, str], PromptResult]
 Progress = Callable[[int, int, str], None]
 
+KEPT_CLIPS = 8  # edits whose frames stay in memory for "Refine this frame"
 QUEUE_SIZE = 20  # edits waiting beyond this are refused at once instead of after a long wait
 # Gradio's copies of uploads and results: checked hourly, deleted a day after they were made and when the page stops.
 DELETE_CACHE = (3600, 24 * 3600)
@@ -66,9 +71,12 @@ class EditView:
     before_after: tuple[PIL.Image.Image, PIL.Image.Image]
     candidates: list[tuple[PIL.Image.Image, str]]
     chosen: int  # position in `candidates` of the frame that became the result
-    clip: Path
+    clip: Path | None
     record: Path
     status: str
+    clip_id: str | None = None  # names the clip's frames kept for "Refine this frame"
+    clip_frames: int = 0
+    selected_frame: int = 0
 
 
 class Uploads:
@@ -115,6 +123,9 @@ class EditorApp:
         self.workdir = Path(tempfile.mkdtemp(prefix="ifedit-ui-"))
         self.uploads = Uploads(self.workdir)  # none until a page tells which files Gradio received
         self._remove_workdir = weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
+        # The decoded frames of the latest edits, for "Refine this frame"; older ones are let go.
+        self.clips: collections.OrderedDict[str, list[PIL.Image.Image]] = collections.OrderedDict()
+        self._clips_lock = threading.Lock()
 
     def close(self) -> None:
         """Delete every clip, record and example this app wrote."""
@@ -202,9 +213,71 @@ class EditorApp:
             f"{result.num_frames} frames; the result is {stage} frame {index} (sharpness {sharpness:.1f})."
         )
         before = image.resize((result.width, result.height), PIL.Image.Resampling.LANCZOS)
+        clip_id = self._keep_clip(list(result.frames))
         return EditView(
-            prompt, prompt_record, result.image, (before, result.image), candidates, chosen, clip, record, status
+            prompt, prompt_record, result.image, (before, result.image), candidates, chosen, clip, record, status,
+            clip_id, len(result.frames), result.selected_index,
+        )  # fmt: skip
+
+    def clip_frame(self, clip_id: str | None, index: float) -> PIL.Image.Image:
+        """A frame of a recent edit's decoded clip (frame 0 is the source; the clip is the thinned one)."""
+        frames = self._clip(clip_id)
+        index = _whole(index)
+        if not isinstance(index, int) or not 1 <= index < len(frames):
+            raise InvalidInputError(f"frame must be a whole number from 1 to {len(frames) - 1}, got {index!r}")
+        return frames[index]
+
+    def refine_frame(
+        self,
+        clip_id: str | None,
+        index: float,
+        settings: dict[str, Any],
+        seed: float | None = None,
+        progress: Progress | None = None,
+    ) -> EditView:
+        """The refinement pass alone on a frame the user picked from the clip (the edit at that point of the clip)."""
+        frame = self.clip_frame(clip_id, index)
+        settings = {key: None if key in ZERO_IS_AUTOMATIC and value == 0 else _whole(value) for key, value in
+                    settings.items() if key not in ("height", "width")}  # fmt: skip
+        settings = edit_settings(self.editor.preset, **settings)
+        seed = None if seed is None or seed < 0 else _whole(seed)
+        check_seed(seed)
+        refine_steps = settings.refine_steps or settings.num_inference_steps
+        counting = dataclasses.replace(settings, num_inference_steps=refine_steps, refine=False)
+        edit = self.editor.refine(frame, settings, seed=seed, callback=_step_counter(counting, progress),
+                                  source=f"frame {_whole(index)} of an edit's clip")  # fmt: skip
+        result = edit.result
+        folder = Path(tempfile.mkdtemp(dir=self.workdir))
+        record = folder / "refine.json"
+        save_json(edit.record, record)
+        candidates = [
+            (result.frames[i], f"refine frame {i}: sharpness {result.sharpness[i]:.1f}"
+             + (" (chosen)" if i == result.selected_index else ""))
+            for i in sorted(result.sharpness)
+        ]  # fmt: skip
+        chosen = sorted(result.sharpness).index(result.selected_index)
+        index, sharpness = final_frame(result)
+        status = (
+            f"Refined the picked frame in {result.timings['total']:.1f} s: seed {edit.record['seed']}; the result is "
+            f"refinement frame {index} (sharpness {sharpness:.1f})."
         )
+        return EditView(edit.record["prompt"], edit.record["prompt_enhancement"], result.image,
+                        (frame, result.image), candidates, chosen, None, record, status)  # fmt: skip
+
+    def _keep_clip(self, frames: list[PIL.Image.Image]) -> str:
+        clip_id = secrets.token_urlsafe(16)
+        with self._clips_lock:
+            self.clips[clip_id] = frames
+            while len(self.clips) > KEPT_CLIPS:
+                self.clips.popitem(last=False)
+        return clip_id
+
+    def _clip(self, clip_id: str | None) -> list[PIL.Image.Image]:
+        with self._clips_lock:
+            frames = self.clips.get(clip_id) if isinstance(clip_id, str) else None
+        if frames is None:
+            raise InvalidInputError("no clip to pick a frame from: run an edit first (only the latest are kept)")
+        return frames
 
     def _form(
         self,
@@ -402,6 +475,15 @@ def build_page(app: EditorApp) -> gr.Blocks:
                     format="png",
                     elem_id="frames",
                 )
+                with gr.Accordion("Less of the edit: refine an earlier frame of the clip", open=False):
+                    clip_id = gr.State(None)
+                    pick = gr.Slider(
+                        1, 2, 1, step=1, label="Frame of the clip (after an edit; its end is the full edit)",
+                        elem_id="frame-pick",
+                    )  # fmt: skip
+                    picked = gr.Image(label="Picked frame", type="pil", interactive=False, height=160,
+                                      elem_id="picked-frame")  # fmt: skip
+                    refine_pick = gr.Button("Refine this frame", elem_id="refine-frame", size="sm")
                 clip = gr.Video(label="Generated clip", interactive=False, elem_id="clip")
                 record = gr.File(label="How it was made (JSON)", interactive=False, elem_id="record")
 
@@ -467,7 +549,9 @@ def build_page(app: EditorApp) -> gr.Blocks:
             view = app.run(upload, text, written, written_record, settings, chosen_seed, report)
             gallery = gr.Gallery(value=view.candidates, selected_index=view.chosen)
             files = str(view.clip), str(view.record)
-            return (view.prompt, view.prompt_record, view.image, view.before_after, gallery, *files, view.status)
+            frame_pick = gr.Slider(minimum=1, maximum=view.clip_frames - 1, value=view.selected_frame, step=1)
+            return (view.prompt, view.prompt_record, view.image, view.before_after, gallery, *files, view.status,
+                    view.clip_id, frame_pick)  # fmt: skip
 
         form = [source, instruction, prompt, prompt_record, seed, *fields.values()]
         # Run settles the prompt first, in the prompt stage's turn, then waits for the model with a ready prompt.
@@ -481,9 +565,40 @@ def build_page(app: EditorApp) -> gr.Blocks:
         ).success(
             _shown_in_page(run_edit),
             form,
-            [prompt, prompt_record, result, comparison, candidates, clip, record, status],
+            [prompt, prompt_record, result, comparison, candidates, clip, record, status, clip_id, pick],
             preprocess=False,
             api_name="edit",
+            concurrency_id="model",
+            show_progress_on=[result, status],
+        )
+
+        # Picking a frame shows it at once; refining it is the still-video pass alone, in the model's turn.
+        pick.change(
+            _shown_in_page(app.clip_frame), [clip_id, pick], picked, concurrency_limit=None, show_progress="hidden"
+        )
+
+        def refine_picked(
+            chosen_clip, index, chosen_seed, num_inference_steps, num_frames, h, w, stride, threshold, refine_on,
+            refine_num_steps, refine_num_frames, strength,
+            progress=gr.Progress(),  # noqa: B008
+        ):  # fmt: skip
+            settings = settings_of(
+                num_inference_steps, num_frames, h, w, stride, threshold, refine_on, refine_num_steps,
+                refine_num_frames, strength,
+            )  # fmt: skip
+
+            def report(done: int, total: int, label: str) -> None:
+                progress((done, total), desc=label)
+
+            view = app.refine_frame(chosen_clip, index, settings, chosen_seed, report)
+            gallery = gr.Gallery(value=view.candidates, selected_index=view.chosen)
+            return view.image, view.before_after, gallery, str(view.record), view.status
+
+        refine_pick.click(
+            _shown_in_page(refine_picked),
+            [clip_id, pick, seed, *fields.values()],
+            [result, comparison, candidates, record, status],
+            api_name="refine_frame",
             concurrency_id="model",
             show_progress_on=[result, status],
         )
