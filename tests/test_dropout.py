@@ -1,17 +1,26 @@
 """Temporal latent dropout's maths, without a model: kept frames, the cut step, tensor and scheduler slicing."""
 
+import diffusers
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import (
+    EulerAncestralDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+    WanTransformer3DModel,
+)
 
 from ifedit.dropout import (
+    SCHEDULER_HISTORY,
     dropout_step,
     kept_frame_indices,
     original_positions,
     reset_scheduler_history,
+    scheduler_history,
     slice_frames,
     slice_scheduler_history,
 )
+from ifedit.errors import InvalidInputError
 
 
 @pytest.mark.parametrize(
@@ -118,6 +127,65 @@ def test_reset_history_makes_the_next_step_first_order():
     t = scheduler.timesteps[3]
     scheduler.step(torch.randn(sample.shape), t, sample)
     assert scheduler.this_order == 1
+
+
+def _stepped(name: str, steps_done: int) -> tuple[object, torch.Tensor]:
+    """A scheduler of class `name` (flow-matching where it can be) a few steps into a 9-frame video."""
+    cls = getattr(diffusers, name)
+    config = cls().config
+    flow = {"use_flow_sigmas": True, "flow_shift": 5.0, "prediction_type": "flow_prediction"}
+    scheduler = cls(**{key: value for key, value in flow.items() if key in config})
+    scheduler.set_timesteps(8)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 9, 2, 2, generator=generator)
+    for t in scheduler.timesteps[:steps_done]:
+        sample = scheduler.step(torch.randn(sample.shape, generator=generator), t, sample).prev_sample
+    return scheduler, sample
+
+
+def _frame_indexed_state(scheduler) -> set[str]:
+    """Every attribute holding a 9-frame tensor, alone or in a list: what dropout would leave at the old length."""
+
+    def video(value) -> bool:
+        return isinstance(value, torch.Tensor) and value.ndim == 5 and value.shape[2] == 9
+
+    return {
+        name
+        for name, value in vars(scheduler).items()
+        if video(value) or (isinstance(value, list) and any(video(item) for item in value))
+    }
+
+
+@pytest.mark.parametrize("name", list(SCHEDULER_HISTORY))
+def test_each_known_schedulers_listed_history_is_all_the_frame_state_it_keeps(name):
+    """Fails when the installed diffusers keeps more (or other) frame-indexed state than SCHEDULER_HISTORY lists."""
+    scheduler, sample = _stepped(name, 3)
+    assert _frame_indexed_state(scheduler) <= set(scheduler_history(scheduler))
+    kept = [0, 3, 6, 8]
+    slice_scheduler_history(scheduler, kept, 9)
+    assert not _frame_indexed_state(scheduler)  # nothing left at 9 frames
+    thinned = scheduler.step(torch.randn(1, 4, len(kept), 2, 2), scheduler.timesteps[3], sample[:, :, kept])
+    assert thinned.prev_sample.shape == (1, 4, len(kept), 2, 2)
+    again, sample = _stepped(name, 3)
+    reset_scheduler_history(again)
+    assert not _frame_indexed_state(again)
+    again.step(torch.randn(1, 4, len(kept), 2, 2), again.timesteps[3], sample[:, :, kept])
+
+
+def test_an_unknown_scheduler_is_refused_by_name_rather_than_left_at_the_old_length():
+    scheduler = EulerAncestralDiscreteScheduler()
+    message = "temporal latent dropout cannot thin the history of EulerAncestralDiscreteScheduler: use one of"
+    with pytest.raises(InvalidInputError, match=message):
+        slice_scheduler_history(scheduler, [0, 3], 5)
+    with pytest.raises(InvalidInputError, match=message):
+        reset_scheduler_history(scheduler)
+
+
+def test_a_subclass_of_a_known_scheduler_has_its_bases_history():
+    class Tuned(UniPCMultistepScheduler):
+        pass
+
+    assert scheduler_history(Tuned()) == ("model_outputs", "last_sample")
 
 
 def test_euler_has_no_history_to_slice():

@@ -317,6 +317,15 @@ def test_scheduler_specific_options_are_refused(load_tiny, source_image):
         pipe(source_image, PROMPT, refine_strength=0.5)
 
 
+def test_a_scheduler_whose_history_dropout_does_not_know_is_refused_before_any_step(load_tiny, source_image):
+    pipe = load_tiny("a14b")
+    pipe.scheduler = DDIMScheduler()
+    calls = _record_calls(pipe)
+    with pytest.raises(InvalidInputError, match="temporal latent dropout cannot thin the history of DDIMScheduler"):
+        pipe(source_image, PROMPT, tld_stride=3)
+    assert calls == []
+
+
 def test_small_images_are_refused(load_tiny):
     with pytest.raises(InvalidInputError, match="image is too small: 32x32 px"):
         load_tiny("a14b")(PIL.Image.new("RGB", (32, 32)), PROMPT)

@@ -71,8 +71,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "guidance scales swapped between the experts",
         "pipeline.py",
-        'guidance = guidance_scale if expert == "transformer" else guidance_scale_2',
-        'guidance = guidance_scale_2 if expert == "transformer" else guidance_scale',
+        'guidance = settings.guidance_scale if expert == "transformer" else settings.guidance_scale_2',
+        'guidance = settings.guidance_scale_2 if expert == "transformer" else settings.guidance_scale',
         (METHOD + "test_multistep_history_is_thinned_with_the_kept_frames",),
     ),
     Mutation(
@@ -86,8 +86,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "cut never happening (threshold not scaled to timesteps)",
         "pipeline.py",
-        "drop_at = dropout_step(timesteps, tld_threshold * self.scheduler.config.num_train_timesteps)",
-        "drop_at = dropout_step(timesteps, tld_threshold)",
+        "drop_at = dropout_step(timesteps, settings.tld_threshold * self.scheduler.config.num_train_timesteps)",
+        "drop_at = dropout_step(timesteps, settings.tld_threshold)",
         (TOYWORLD, METHOD + "test_the_step_at_the_boundary_is_high_noise_and_the_cut_is_strictly_below"),
     ),
     Mutation(
@@ -207,8 +207,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "partial-strength start mixes noise and still clip the wrong way round",
         "pipeline.py",
-        "latents = sigma * latents + (1 - sigma) * self._encode_still(image, num_frames)",
-        "latents = (1 - sigma) * latents + sigma * self._encode_still(image, num_frames)",
+        "latents = sigma * latents + (1 - sigma) * self._encode_still(image, run.num_frames)",
+        "latents = (1 - sigma) * latents + sigma * self._encode_still(image, run.num_frames)",
         (METHOD + "test_partial_strength_refinement_starts_from_the_renoised_still_clip",),
     ),
     Mutation(

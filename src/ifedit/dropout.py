@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .errors import InvalidInputError
+
 
 def kept_frame_indices(num_frames: int, stride: int, also: Sequence[int] = ()) -> list[int]:
     """Latent frames that survive dropout: {0, K, 2K, ...} plus always the last one, F - 1, and any in `also`
@@ -59,31 +61,51 @@ def slice_frames(tensor: torch.Tensor, kept: Sequence[int], num_frames: int, dim
     raise ValueError(f"expected {num_frames} or 1 frames on dim {dim}, got shape {tuple(tensor.shape)}")
 
 
-def slice_scheduler_history(scheduler, kept: Sequence[int], num_frames: int) -> list[str]:
-    """Thin every stored video tensor of a multistep scheduler in place; return the attributes touched.
+# The frame-indexed state each scheduler keeps between steps (read from diffusers; tests/test_dropout.py fails when an
+# installed version keeps more): lists of past model outputs and single tensors. Subclasses inherit their base's.
+SCHEDULER_HISTORY: dict[str, tuple[str, ...]] = {
+    "FlowMatchEulerDiscreteScheduler": (),
+    "FlowMatchLCMScheduler": (),
+    "UniPCMultistepScheduler": ("model_outputs", "last_sample"),
+    "DPMSolverMultistepScheduler": ("model_outputs",),
+    "DEISMultistepScheduler": ("model_outputs",),
+}
 
-    UniPC keeps `model_outputs` and `last_sample`, DPM-Solver `model_outputs`; a first-order scheduler such as
-    flow-matching Euler keeps none, so this is a no-op there.
-    """
+
+def scheduler_history(scheduler) -> tuple[str, ...]:
+    """The attributes of `scheduler` that hold frame-indexed history; InvalidInputError for a scheduler not listed in
+    SCHEDULER_HISTORY, whose state dropout could leave at the old length (a crash or a wrong step later)."""
+    for cls in type(scheduler).__mro__:
+        if cls.__name__ in SCHEDULER_HISTORY:
+            return SCHEDULER_HISTORY[cls.__name__]
+    raise InvalidInputError(
+        f"temporal latent dropout cannot thin the history of {type(scheduler).__name__}: use one of "
+        f"{', '.join(SCHEDULER_HISTORY)}, or tld_stride 1 (no dropout)"
+    )
+
+
+def slice_scheduler_history(scheduler, kept: Sequence[int], num_frames: int) -> list[str]:
+    """Thin the scheduler's stored history (`scheduler_history`) in place; return the attributes that held some."""
     touched = []
-    for name, value in vars(scheduler).items():
-        if _is_video(value, num_frames):
+    for name in scheduler_history(scheduler):
+        value = getattr(scheduler, name)
+        if isinstance(value, torch.Tensor):
             setattr(scheduler, name, slice_frames(value, kept, num_frames))
             touched.append(name)
-        elif isinstance(value, list) and any(_is_video(item, num_frames) for item in value):
-            setattr(scheduler, name, [_slice_if_video(item, kept, num_frames) for item in value])
+        elif isinstance(value, list) and any(item is not None for item in value):
+            thinned = [None if item is None else slice_frames(item, kept, num_frames) for item in value]
+            setattr(scheduler, name, thinned)
             touched.append(name)
     return touched
 
 
 def reset_scheduler_history(scheduler) -> None:
     """Forget a multistep scheduler's history so its next step is first order (the alternative to slicing)."""
-    if isinstance(getattr(scheduler, "model_outputs", None), list):
-        scheduler.model_outputs = [None] * len(scheduler.model_outputs)
+    for name in scheduler_history(scheduler):
+        value = getattr(scheduler, name)
+        setattr(scheduler, name, [None] * len(value) if isinstance(value, list) else None)
     if hasattr(scheduler, "lower_order_nums"):
         scheduler.lower_order_nums = 0
-    if hasattr(scheduler, "last_sample"):
-        scheduler.last_sample = None
 
 
 @contextlib.contextmanager
@@ -117,11 +139,3 @@ def _pick_frames(freqs: torch.Tensor, index: torch.Tensor, num_frames: int) -> t
     # freqs: (1, frames * tokens_per_frame, 1, dim), frame-major.
     per_frame = freqs.view(freqs.shape[0], num_frames, -1, *freqs.shape[2:])
     return per_frame[:, index.to(freqs.device)].reshape(freqs.shape[0], -1, *freqs.shape[2:])
-
-
-def _is_video(value, num_frames: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim == 5 and value.shape[2] == num_frames
-
-
-def _slice_if_video(value, kept: Sequence[int], num_frames: int):
-    return slice_frames(value, kept, num_frames) if _is_video(value, num_frames) else value

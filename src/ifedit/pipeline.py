@@ -9,6 +9,7 @@ pipeline is called; `prompt` here is the video prompt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from .dropout import (
     original_positions,
     position_latent_frame,
     reset_scheduler_history,
+    scheduler_history,
     slice_frames,
     slice_scheduler_history,
 )
@@ -91,6 +93,28 @@ class _Clip:
 
     def frame(self, index: int) -> torch.Tensor:
         return self.video[:, :, index - self.offset]
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One denoising pass and what it runs with; the refinement pass is the edit pass with a few fields replaced."""
+
+    stage: str  # "edit" or "refine"
+    settings: EditSettings  # the call's, with guidance_scale_2 and tld_threshold filled in
+    num_frames: int
+    num_inference_steps: int
+    strength: float  # 1: from pure noise; below 1: from the still clip re-noised to this fraction of the trajectory
+    latent_frame: int | None  # the latent frame whose pixels are the candidates (None: the last)
+    latents: torch.Tensor | None  # initial noise (None: drawn from `generator`)
+    generator: torch.Generator | None
+    decode_all: bool
+    callback: Callable[[Any, int, torch.Tensor, dict], dict] | None
+    callback_tensors: tuple[str, ...]
+
+    @property
+    def prefix(self) -> str:
+        """Of this pass's stage timings: none for the edit, "refine_" for the refinement."""
+        return "refine_" if self.stage == "refine" else ""
 
 
 class IFEditPipeline(WanImageToVideoPipeline):
@@ -215,9 +239,9 @@ class IFEditPipeline(WanImageToVideoPipeline):
         timer = _StageTimer(device)
         image = validate_image(image)
         # Every keyword that is an edit setting, checked as one (`EditSettings` is where they and their defaults live).
-        EditSettings.from_keywords(locals())
+        settings = EditSettings.from_keywords(locals())
         check_call(prompt, output_type, callback_on_step_end_tensor_inputs)
-        self._check_scheduler(sigma_schedule, refine_strength)
+        self._check_scheduler(settings)
         frames_per_latent = self.vae_scale_factor_temporal
         num_frames = round_frames(num_frames, frames_per_latent)
         refine_frames = num_frames if refine_frames is None else round_frames(refine_frames, frames_per_latent)
@@ -230,15 +254,18 @@ class IFEditPipeline(WanImageToVideoPipeline):
             )
         height, width = fit_size(image.size, height, width, max_area, self.size_multiple, self.largest_side)
         self._check_positions(height, width, max(num_frames, refine_frames))
-        guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
-        tld_threshold = tld_threshold or self.config.boundary_ratio or DEFAULT_TLD_THRESHOLD
+        settings = dataclasses.replace(
+            settings,
+            guidance_scale_2=guidance_scale if guidance_scale_2 is None else guidance_scale_2,
+            tld_threshold=tld_threshold or self.config.boundary_ratio or DEFAULT_TLD_THRESHOLD,
+        )
         self._interrupt = False
         self._attention_kwargs = attention_kwargs
         self._guidance_scale = guidance_scale
 
         # 1. Encode the edit prompt and the refinement prompt together, so an offloaded encoder loads once.
         with timer("text_encoding"):
-            use_guidance = max(guidance_scale, guidance_scale_2) > 1
+            use_guidance = max(guidance_scale, settings.guidance_scale_2) > 1
             prompts = [prompt, refine_prompt or DEFAULT_REFINE_PROMPT] if refine else [prompt]
             embeds, negative_embeds = self.encode_prompt(
                 prompt=prompts,
@@ -248,55 +275,50 @@ class IFEditPipeline(WanImageToVideoPipeline):
                 device=device,
             )
 
-        denoise = dict(
+        edit = _Pass(
+            stage="edit",
+            settings=settings,
+            num_frames=num_frames,
             num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            guidance_scale_2=guidance_scale_2,
-            sigma_schedule=sigma_schedule,
-            tld_stride=tld_stride,
-            tld_threshold=tld_threshold,
-            tld_history=tld_history,
-            tld_positions=tld_positions,
+            strength=1.0,
+            latent_frame=edit_latent_frame,
+            latents=latents,
             generator=generator,
             decode_all=return_frames or decode_frames == "all",
-            attention_kwargs=attention_kwargs,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback=callback_on_step_end,
+            callback_tensors=callback_on_step_end_tensor_inputs,
         )
         try:
             # 2-4. The edit: a video from the source image, decoded, its sharpest late frame chosen.
-            self._stage = "edit"
-            clip = self._generate(
+            clip = self._run_pass(
+                edit,
                 self.video_processor.preprocess(image, height=height, width=width),
                 image,
                 _row(embeds, 0),
                 _row(negative_embeds, 0),
-                num_frames=num_frames,
-                latent_frame=edit_latent_frame,
-                strength=1.0,
-                latents=latents,
-                timer=timer,
-                prefix="",
-                **denoise,
+                timer,
             )
             final = clip
             # 5. Self-consistent post-refinement: a still video from the chosen frame, its sharpest late frame.
             refined = None
             if refine and not self.interrupt:
-                self._stage = "refine"
                 chosen = clip.frame(clip.selected)
-                refined = self._generate(
+                refinement = dataclasses.replace(
+                    edit,
+                    stage="refine",
+                    num_frames=refine_frames,
+                    num_inference_steps=refine_steps or num_inference_steps,
+                    strength=refine_strength,
+                    latent_frame=None,
+                    latents=None,
+                )
+                refined = self._run_pass(
+                    refinement,
                     chosen,
                     _to_pil(chosen),
                     _row(embeds, 1),
                     _row(negative_embeds, 1),
-                    num_frames=refine_frames,
-                    latent_frame=None,
-                    strength=refine_strength,
-                    latents=None,
-                    timer=timer,
-                    prefix="refine_",
-                    **{**denoise, "num_inference_steps": refine_steps or num_inference_steps},
+                    timer,
                 )
                 final = refined
         finally:
@@ -326,54 +348,37 @@ class IFEditPipeline(WanImageToVideoPipeline):
             selected_clip_frame=clip_frame_index(clip.selected, clip.kept, frames_per_latent),
         )
 
-    def _generate(
+    def _run_pass(
         self,
+        run: _Pass,
         first_frame: torch.Tensor,
         first_frame_pil: PIL.Image.Image,
         prompt_embeds,
         negative_prompt_embeds,
-        *,
-        num_frames: int,
-        latent_frame: int | None,
-        strength: float,
         timer: _StageTimer,
-        prefix: str,
-        decode_all: bool,
-        **denoise,
     ) -> _Clip:
-        """One pass: denoise a clip that starts at `first_frame`, decode it, score the frames of `latent_frame`
+        """One pass: denoise a clip that starts at `first_frame`, decode it, score the frames of `run.latent_frame`
         (None: the last) and pick the sharpest."""
+        self._stage = run.stage
         device = self._execution_device
-        height, width = first_frame.shape[-2:]
-        with timer(prefix + "image_encoding"):
+        with timer(run.prefix + "image_encoding"):
             image_embeds = None
             if self.transformer.config.image_dim is not None:  # Wan2.1 conditions on CLIP image features too
                 image_embeds = self.encode_image(first_frame_pil, device).to(self.transformer.dtype)
         latents, kept = self._denoise(
-            first_frame.to(device, torch.float32),
-            image_embeds,
-            prompt_embeds,
-            negative_prompt_embeds,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            keep_latent_frame=latent_frame,
-            strength=strength,
-            timer=timer,
-            prefix=prefix,
-            **denoise,
+            run, first_frame.to(device, torch.float32), image_embeds, prompt_embeds, negative_prompt_embeds, timer
         )
         # The candidates' latent frame in the denoised (possibly thinned) sequence.
-        if latent_frame is None:
+        if run.latent_frame is None:
             target = latents.shape[2] - 1
         else:
-            target = latent_frame if kept is None else kept.index(latent_frame)
-        with timer(prefix + "decode"):
+            target = run.latent_frame if kept is None else kept.index(run.latent_frame)
+        with timer(run.prefix + "decode"):
             # Without a clip to return, only the target and the frame before it (which primes the causal VAE's
             # cache) are decoded.
-            skipped = 0 if decode_all else max(target - 1, 0)
-            video = self._decode(latents[:, :, skipped : None if decode_all else target + 1])
-        with timer(prefix + "select"):
+            skipped = 0 if run.decode_all else max(target - 1, 0)
+            video = self._decode(latents[:, :, skipped : None if run.decode_all else target + 1])
+        with timer(run.prefix + "select"):
             # Frame numbers always count from the start of the whole decoded clip.
             offset = skipped * self.vae_scale_factor_temporal
             candidates = latent_frame_candidates(target, self.vae_scale_factor_temporal)
@@ -384,65 +389,52 @@ class IFEditPipeline(WanImageToVideoPipeline):
 
     def _denoise(
         self,
+        run: _Pass,
         image: torch.Tensor,
         image_embeds,
         prompt_embeds,
         negative_prompt_embeds,
-        *,
-        height: int,
-        width: int,
-        num_frames: int,
-        keep_latent_frame: int | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        guidance_scale_2: float,
-        sigma_schedule: SigmaSchedule,
-        tld_stride: int,
-        tld_threshold: float,
-        tld_history: HistoryMode,
-        tld_positions: PositionMode,
-        strength: float,
-        generator,
-        latents,
-        attention_kwargs,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs,
         timer: _StageTimer,
-        prefix: str,
     ) -> tuple[torch.Tensor, list[int] | None]:
         """Denoise from noise (or from the re-noised still clip when strength < 1) with the expert switch and TLD.
 
         Returns latents ready to decode (TI2V's clean first frame restored) and the latent frames dropout kept.
         """
+        settings = run.settings
         device = self._execution_device
-        if sigma_schedule == "uniform":
-            self.scheduler.set_timesteps(sigmas=uniform_sigmas(num_inference_steps), device=device)
+        height, width = image.shape[-2:]
+        if settings.sigma_schedule == "uniform":
+            self.scheduler.set_timesteps(sigmas=uniform_sigmas(run.num_inference_steps), device=device)
         else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-        first_step = refine_start_step(num_inference_steps, strength)
+            self.scheduler.set_timesteps(run.num_inference_steps, device=device)
+        first_step = refine_start_step(run.num_inference_steps, run.strength)
         timesteps = self.scheduler.timesteps[first_step:]
         if first_step:
             self.scheduler.set_begin_index(first_step)
         self._num_timesteps = len(timesteps)
 
-        with timer(prefix + "vae_encode"):
+        with timer(run.prefix + "vae_encode"):
             prepared = self.prepare_latents(
-                image, 1, self.vae.config.z_dim, height, width, num_frames, torch.float32, device, generator, latents
-            )
-            latents, condition, first_frame_mask = prepared if len(prepared) == 3 else (*prepared, None)
-            if strength < 1:
+                image, 1, self.vae.config.z_dim, height, width, run.num_frames, torch.float32, device, run.generator,
+                run.latents,
+            )  # fmt: skip
+            if self.config.expand_timesteps:  # TI2V: a clean first frame kept by a mask instead of a condition
+                latents, condition, first_frame_mask = prepared
+            else:
+                (latents, condition), first_frame_mask = prepared, None
+            if run.strength < 1:
                 sigma = self.scheduler.sigmas[first_step].item()
-                latents = sigma * latents + (1 - sigma) * self._encode_still(image, num_frames)
+                latents = sigma * latents + (1 - sigma) * self._encode_still(image, run.num_frames)
 
         num_latent_frames = latents.shape[2]
         self._reset_step_caches()
         drop_at = None
-        if tld_stride > 1:
-            drop_at = dropout_step(timesteps, tld_threshold * self.scheduler.config.num_train_timesteps)
+        if settings.tld_stride > 1:
+            drop_at = dropout_step(timesteps, settings.tld_threshold * self.scheduler.config.num_train_timesteps)
         kept = None
         transformer_dtype = self.transformer.dtype
         with (
-            timer(prefix + "denoise"),
+            timer(run.prefix + "denoise"),
             contextlib.ExitStack() as hooks,
             self._progress_bar(len(timesteps)) as progress_bar,
         ):
@@ -452,24 +444,24 @@ class IFEditPipeline(WanImageToVideoPipeline):
                 self._current_timestep = t
                 if i == drop_at:
                     # SPEC step 3, before this step's model call: every frame-indexed tensor at once.
-                    also = () if keep_latent_frame is None else (keep_latent_frame,)
-                    kept = kept_frame_indices(num_latent_frames, tld_stride, also)
+                    also = () if run.latent_frame is None else (run.latent_frame,)
+                    kept = kept_frame_indices(num_latent_frames, settings.tld_stride, also)
                     latents = slice_frames(latents, kept, num_latent_frames)
                     condition = slice_frames(condition, kept, num_latent_frames)
                     if first_frame_mask is not None:
                         first_frame_mask = slice_frames(first_frame_mask, kept, num_latent_frames)
-                    if tld_history == "slice":
+                    if settings.tld_history == "slice":
                         slice_scheduler_history(self.scheduler, kept, num_latent_frames)
                     else:
                         reset_scheduler_history(self.scheduler)
-                    if tld_positions == "original":
+                    if settings.tld_positions == "original":
                         experts = (self.transformer, self.transformer_2)
                         hooks.enter_context(original_positions(experts, kept, num_latent_frames))
                     self._reset_step_caches()
 
                 expert = self.expert_for(t)
                 model = getattr(self, expert)
-                guidance = guidance_scale if expert == "transformer" else guidance_scale_2
+                guidance = settings.guidance_scale if expert == "transformer" else settings.guidance_scale_2
                 if first_frame_mask is not None:
                     # TI2V: the first latent frame stays clean, its tokens get timestep 0.
                     model_input = (1 - first_frame_mask) * condition + first_frame_mask * latents
@@ -480,9 +472,7 @@ class IFEditPipeline(WanImageToVideoPipeline):
                     timestep = t.expand(latents.shape[0])
                 model_input = model_input.to(transformer_dtype)
 
-                noise_pred = self._predict(
-                    model, model_input, timestep, prompt_embeds, image_embeds, attention_kwargs, "cond"
-                )
+                noise_pred = self._predict(model, model_input, timestep, prompt_embeds, image_embeds, "cond")
                 if guidance > 1:
                     noise_uncond = self._predict(
                         model,
@@ -490,20 +480,19 @@ class IFEditPipeline(WanImageToVideoPipeline):
                         timestep,
                         negative_prompt_embeds,
                         image_embeds,
-                        attention_kwargs,
                         "uncond",
                     )
                     noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
-                if callback_on_step_end is not None:
+                if run.callback is not None:
                     tensors = {
                         "latents": latents,
                         "prompt_embeds": prompt_embeds,
                         "negative_prompt_embeds": negative_prompt_embeds,
                     }
-                    given = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
-                    returned = callback_on_step_end(self, i, t, given) or {}
+                    given = {name: tensors[name] for name in run.callback_tensors}
+                    returned = run.callback(self, i, t, given) or {}
                     latents = returned.get("latents", latents)
                     prompt_embeds = returned.get("prompt_embeds", prompt_embeds)
                     negative_prompt_embeds = returned.get("negative_prompt_embeds", negative_prompt_embeds)
@@ -529,14 +518,14 @@ class IFEditPipeline(WanImageToVideoPipeline):
         finally:
             self._progress_bar_config = config
 
-    def _predict(self, model, model_input, timestep, text_embeds, image_embeds, attention_kwargs, cache_name):
+    def _predict(self, model, model_input, timestep, text_embeds, image_embeds, cache_name):
         with model.cache_context(cache_name):
             return model(
                 hidden_states=model_input,
                 timestep=timestep,
                 encoder_hidden_states=text_embeds,
                 encoder_hidden_states_image=image_embeds,
-                attention_kwargs=attention_kwargs,
+                attention_kwargs=self.attention_kwargs,
                 return_dict=False,
             )[0]
 
@@ -577,16 +566,19 @@ class IFEditPipeline(WanImageToVideoPipeline):
         if num_frames > largest_clip:
             raise InvalidInputError(f"{num_frames} frames are too many for this model: at most {largest_clip}")
 
-    def _check_scheduler(self, sigma_schedule: str, refine_strength: float) -> None:
-        """Options that only some schedulers support."""
-        if sigma_schedule == "uniform" and "sigmas" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+    def _check_scheduler(self, settings: EditSettings) -> None:
+        """Settings that only some schedulers support, refused before any step runs."""
+        takes_sigmas = "sigmas" in inspect.signature(self.scheduler.set_timesteps).parameters
+        if settings.sigma_schedule == "uniform" and not takes_sigmas:
             raise InvalidInputError(
                 f"sigma_schedule 'uniform' needs a scheduler that takes sigmas, got {type(self.scheduler).__name__}"
             )
-        if refine_strength < 1 and not _is_flow_scheduler(self.scheduler):
+        if settings.refine_strength < 1 and not _is_flow_scheduler(self.scheduler):
             raise InvalidInputError(
                 f"refine_strength < 1 needs a flow-matching scheduler, got {type(self.scheduler).__name__}"
             )
+        if settings.tld_stride > 1:
+            scheduler_history(self.scheduler)  # dropout must know which of its state to thin
 
 
 def uniform_sigmas(num_inference_steps: int) -> np.ndarray:
