@@ -2,11 +2,15 @@
 
 import json
 
+import PIL.Image
 import pytest
 
 from bench_fixtures import SHARED_TEDBENCH, bytemorph, imgedit, risebench, tedbench
-from ifedit.bench.cases import load_cases
+from ifedit.bench.benchmarks import BENCHMARKS, Benchmark, load_cases
+from ifedit.bench.cases import EditCase
 from ifedit.bench.layout import output_relpath
+from ifedit.bench.published import Published
+from ifedit.cli import build_parser
 from ifedit.errors import InvalidInputError
 
 
@@ -90,3 +94,38 @@ def test_other_broken_copies(tmp_path):
         load_cases("imgedit", root)
     with pytest.raises(InvalidInputError, match="unknown benchmark 'nope'"):
         load_cases("nope", root)
+
+
+class _Colours(Benchmark):
+    """A benchmark defined in one place only: one picture, written under its category."""
+
+    name = "colours"
+    title = "Colours"
+    published = (Published("IF-Edit", "overall", 1.0),)
+
+    def __init__(self, parts: tuple[str, ...] | None = None):
+        self.parts = parts
+
+    def load(self, root):
+        return [EditCase(self.name, "red", "red", "make it red", "instruction", "colour", root / "red.png")]
+
+    def output_parts(self, case):
+        return self.parts or (case.category, case.key)
+
+
+def test_a_benchmark_registered_once_is_loaded_laid_out_and_offered_with_nothing_else_changed(tmp_path, monkeypatch):
+    PIL.Image.new("RGB", (64, 64)).save(tmp_path / "red.png")
+    monkeypatch.setitem(BENCHMARKS, "colours", _Colours())
+    (case,) = load_cases("colours", tmp_path)
+    assert str(output_relpath(case)) == "images/colour/red.png"
+    args = build_parser().parse_args(["bench", "run", "--benchmark", "colours", "--data", "d", "--out", "o"])
+    assert args.benchmark == "colours"
+
+
+def test_a_benchmarks_layout_cannot_leave_the_run_folder(tmp_path, monkeypatch):
+    """The layout checks every part a benchmark names, whichever benchmark names it."""
+    PIL.Image.new("RGB", (64, 64)).save(tmp_path / "red.png")
+    monkeypatch.setitem(BENCHMARKS, "colours", _Colours(("..", "red")))
+    (case,) = load_cases("colours", tmp_path)
+    with pytest.raises(InvalidInputError, match="cannot name an output file: it starts with a dot"):
+        output_relpath(case)

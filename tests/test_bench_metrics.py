@@ -9,10 +9,9 @@ import torch
 from transformers import AutoTokenizer, ByT5Tokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from bench_fixtures import FAST, bytemorph, imgedit, risebench, tedbench
-from ifedit.bench.cases import load_cases
+from ifedit.bench.benchmarks import get_benchmark, load_cases
 from ifedit.bench.layout import RunFolder, case_record, compose_output
 from ifedit.bench.metrics import LPIPS, CLIPScorer, sharpness
-from ifedit.bench.published import PUBLISHED
 from ifedit.cli import main
 from ifedit.errors import SetupError
 from ifedit.io import load_image
@@ -54,8 +53,8 @@ def _published_table(markdown: str) -> list[list[str]]:
 
 
 def _shows_published(rows: list[list[str]], benchmark: str) -> None:
-    """The table's first rows are the paper's numbers for `benchmark`, as published.py holds them."""
-    published = PUBLISHED[benchmark]
+    """The table's first rows are the paper's numbers for `benchmark`, as its Benchmark object holds them."""
+    published = get_benchmark(benchmark).published
     assert [(method, metric, note) for method, metric, _, note in rows[: len(published)]] == [
         (row.method, row.metric, row.note) for row in published
     ]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bench_fixtures import FAST, SHARED_TEDBENCH, bytemorph, imgedit, risebench
-from ifedit.bench.cases import load_cases
+from ifedit.bench.benchmarks import load_cases
 from ifedit.bench.distributed import MAX_ATTEMPTS, ray_outcomes
 from ifedit.bench.runner import CaseEditor, RunPlan, Task, case_seed, select_cases
 from ifedit.cli import main

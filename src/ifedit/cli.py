@@ -333,7 +333,7 @@ def _add_toyworld_parsers(commands) -> None:
 
 
 def _add_bench_parsers(commands) -> None:
-    from .bench.cases import BENCHMARKS
+    from .bench.benchmarks import BENCHMARKS
     from .bench.published import JUDGE_MODEL
 
     bench = commands.add_parser(
@@ -350,7 +350,7 @@ def _add_bench_parsers(commands) -> None:
         "benchmark's scorer reads. Finished cases are skipped on a rerun; failed and partial ones are redone.",
         epilog="example: ifedit bench run --benchmark tedbench --data tedbench/ --out runs/tedbench --ray",
     )
-    run.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="which benchmark --data holds")
+    run.add_argument("--benchmark", required=True, choices=tuple(BENCHMARKS), help="which benchmark --data holds")
     run.add_argument("--data", required=True, help="your copy of the benchmark, in its official format")
     run.add_argument("--out", required=True, help="run folder (created; an existing run in it is continued)")
     run.add_argument("--limit", type=int, help="only the first N cases (after --categories)")

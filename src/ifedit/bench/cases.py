@@ -1,4 +1,5 @@
-"""Read each benchmark from a user's local copy in its official format, as uniform edit cases."""
+"""Edit cases, and what every benchmark's loader checks its listing with: JSON read within bounds, fields of the
+right type, names that are safe as file names, images by their header (the loaders are in `benchmarks/`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import re
 import reprlib
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,9 @@ from typing import Any
 import PIL.Image
 
 from ..errors import InvalidInputError
-from ..io import IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, load_image
+from ..io import MAX_PIXELS, MIN_SIDE, load_image
 from ..prompting import InputKind
 
-BENCHMARKS: tuple[str, ...] = ("tedbench", "bytemorph", "risebench", "imgedit")
-RISEBENCH_CATEGORIES = ("temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 # Far above any benchmark's listing (the largest is well under 1 MiB); parsing a bigger file takes gigabytes.
 MAX_JSON_BYTES = 128 * 2**20
@@ -35,7 +33,7 @@ _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a numbe
 # A value from a listing in a message: escaped like repr, and bounded in length and depth.
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60
-_shown = _REPR.repr
+shown = _REPR.repr
 
 
 @dataclass(frozen=True)
@@ -129,59 +127,10 @@ def safe_name(name: str, where: str) -> str:
     problem = name_problem(name)
     if problem is not None:
         raise InvalidInputError(
-            f"{where} {_shown(name)} cannot name an output file: {problem}; names are at most {MAX_NAME_BYTES} "
+            f"{where} {shown(name)} cannot name an output file: {problem}; names are at most {MAX_NAME_BYTES} "
             'bytes without / \\ : * ? " < > |, control characters or a leading dot'
         )
     return name
-
-
-def load_cases(benchmark: str, data: str | Path, allow_outside_data: bool = False) -> list[EditCase]:
-    """All cases of `benchmark` from the user's copy at `data`, in the benchmark's own order.
-
-    Every image a case names must lie inside the data folder after links are followed, unless `allow_outside_data`:
-    a downloaded listing must not be able to send any file of this machine to a prompt server or a report."""
-    if benchmark not in _LOADERS:
-        raise InvalidInputError(f"unknown benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise InvalidInputError(f"{benchmark} data not found: {root}")
-    cases = _LOADERS[benchmark](root)
-    if not cases:
-        raise InvalidInputError(f"{benchmark} data at {root} has no cases")
-    seen: set[str] = set()
-    for case in cases:
-        if case.id in seen:
-            raise InvalidInputError(f"{benchmark} data at {root} has two cases named {case.id!r}")
-        seen.add(case.id)
-    if not allow_outside_data:
-        _check_inside(cases, (root if root.is_dir() else root.parent).resolve())
-    return cases
-
-
-def _check_inside(cases: Iterable[EditCase], folder: Path) -> None:
-    for case in cases:
-        for path in (case.source, case.reference):
-            if path is not None and not path.resolve().is_relative_to(folder):
-                raise InvalidInputError(
-                    f"{case.benchmark} case {_shown(case.key)}: its image {path} lies outside the data folder "
-                    f"{folder} (links followed); pass --allow-outside-data to use images from anywhere"
-                )
-
-
-# Where each benchmark's list of cases sits inside a copy of its repository or dataset.
-_LISTINGS = {
-    "tedbench": ("input_list.json",),
-    "risebench": ("data/data_total.json", "data_total.json"),
-    "imgedit": ("basic_edit.json", "Basic/basic_edit.json", "Benchmark/Basic/basic_edit.json"),
-}
-
-
-def find_listing(benchmark: str, root: Path) -> Path:
-    """The JSON listing the cases: `root` itself when it is a file, else the first known place under it."""
-    if root.is_file():
-        return root
-    candidates = [root / name for name in _LISTINGS[benchmark]]
-    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def read_json(path: Path, what: str, kind: type | tuple[type, ...] = (dict, list)) -> Any:
@@ -215,12 +164,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value: dict[str, Any] = {}
     for key, item in pairs:
         if key in value:
-            raise ValueError(f"the key {_shown(key)} appears twice in one object")
+            raise ValueError(f"the key {shown(key)} appears twice in one object")
         value[key] = item
     return value
 
 
-def _field(entry: Any, name: str, where: str, required: bool = True) -> str | None:
+def listing_field(entry: Any, name: str, where: str, required: bool = True) -> str | None:
     """A non-empty string field of a record, or a one-line error naming the file, the record and the field."""
     if not isinstance(entry, dict):
         raise InvalidInputError(f"{where}: expected an object, got {type(entry).__name__}")
@@ -230,142 +179,22 @@ def _field(entry: Any, name: str, where: str, required: bool = True) -> str | No
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(f"{where}: field {name!r} must be a non-empty string, got {_shown(value)}")
+        raise InvalidInputError(f"{where}: field {name!r} must be a non-empty string, got {shown(value)}")
     return value.strip()
 
 
-def _name_field(entry: Any, name: str, where: str) -> str:
+def name_field(entry: Any, name: str, where: str) -> str:
     """A field that names an output file or folder (an index, a key, a category)."""
-    return safe_name(_field(entry, name, where), f"{where}: field {name!r}")
+    return safe_name(listing_field(entry, name, where), f"{where}: field {name!r}")
 
 
-def _existing(path: Path, where: str) -> Path:
+def existing_image(path: Path, where: str) -> Path:
+    """`path` when it is a file, else a one-line error naming the listing entry that named it."""
     if not path.is_file():
         raise InvalidInputError(f"{where}: image not found: {path}")
     return path
 
 
-def _tedbench(root: Path) -> list[EditCase]:
-    """`input_list.json` (img_name, target_text) and `originals/`: target captions, no ground-truth image."""
-    listing = find_listing("tedbench", root)
-    folder = listing.parent / "originals"
-    entries = read_json(listing, "TEdBench list (input_list.json)", list)
-    cases = []
-    for index, entry in enumerate(entries):
-        where = f"{listing} entry {index}"
-        name, target = _field(entry, "img_name", where), _field(entry, "target_text", where)
-        source = _existing(folder / name, where)
-        stem = safe_name(Path(name).stem, f"{where}: field 'img_name'")
-        case_id = f"{index:03d}_{safe_id(stem)}"
-        cases.append(EditCase("tedbench", case_id, case_id, target, "target", stem, source))
-    return cases
-
-
-def _risebench(root: Path) -> list[EditCase]:
-    """`data/data_total.json` (index, category, instruction, image, reference...), images relative to `data/`."""
-    listing = find_listing("risebench", root)
-    entries = read_json(listing, "RISEBench list (data/data_total.json)", list)
-    cases = []
-    for position, entry in enumerate(entries):
-        where = f"{listing} entry {position}"
-        index, category = _name_field(entry, "index", where), _field(entry, "category", where)
-        if category not in RISEBENCH_CATEGORIES:
-            raise InvalidInputError(
-                f"{where}: category must be one of {', '.join(RISEBENCH_CATEGORIES)}, got {_shown(category)}"
-            )
-        source = _existing(listing.parent / _field(entry, "image", where), where)
-        reference_image = _field(entry, "reference_img", where, required=False)
-        reference_text = _field(entry, "reference", where, required=False) or _field(
-            entry, "reference_txt", where, required=False
-        )
-        reference = _existing(listing.parent / reference_image, where) if reference_image else None
-        instruction = _field(entry, "instruction", where)
-        cases.append(
-            EditCase(
-                "risebench",
-                safe_id(index),
-                index,
-                instruction,
-                "instruction",
-                category,
-                source,
-                reference,
-                reference_text,
-            )  # fmt: skip
-        )
-    return cases
-
-
-def _imgedit(root: Path) -> list[EditCase]:
-    """`basic_edit.json` (key -> id, prompt, edit_type) and the images of Benchmark.tar, found by their `id`."""
-    listing = find_listing("imgedit", root)
-    entries = read_json(listing, "ImgEdit-Bench list (basic_edit.json)", dict)
-    image_root = imgedit_image_root(listing.parent, entries)
-    cases = []
-    for key, entry in entries.items():
-        where = f"{listing} entry {_shown(key)}"
-        safe_name(key, f"{listing}: the key")
-        source = _existing(image_root / _field(entry, "id", where), where)
-        prompt, edit_type = _field(entry, "prompt", where), _name_field(entry, "edit_type", where)
-        cases.append(EditCase("imgedit", safe_id(key), key, prompt, "instruction", edit_type, source))
-    return cases
-
-
-def imgedit_image_root(folder: Path, entries: dict) -> Path:
-    """The folder under which the `id`s resolve: beside the JSON or one folder down (where Benchmark.tar unpacks)."""
-    first = next(iter(entries.values()), None)
-    name = first.get("id") if isinstance(first, dict) else None
-    if isinstance(name, str):
-        for candidate in (folder, *sorted(path for path in folder.iterdir() if path.is_dir())):
-            if (candidate / name).is_file():
-                return candidate
-    return folder
-
-
-def _bytemorph(root: Path) -> list[EditCase]:
-    """The ground-truth folder the official evaluation reads: `{edit_type}/{name}.png` as [source | target] with
-    `{name}.json` holding the edit instruction (`edit`) and the captions (`input`, `output`). Hidden entries (.git,
-    .cache) are no edit types or pictures."""
-    if not root.is_dir():
-        raise InvalidInputError(f"ByteMorph-Bench data must be a folder of edit-type folders, got a file: {root}")
-    folders = sorted(path for path in _visible(root) if path.is_dir())
-    if not folders:
-        raise InvalidInputError(f"ByteMorph-Bench folder {root} has no edit-type folders ({{edit_type}}/{{name}}.png)")
-    cases = []
-    for folder in folders:
-        edit_type = safe_name(folder.name, f"ByteMorph-Bench edit-type folder in {root}:")
-        for picture in sorted(path for path in _visible(folder) if path.suffix.lower() in IMAGE_SUFFIXES):
-            name = safe_name(picture.stem, f"ByteMorph-Bench picture in {folder}:")
-            record = picture.with_suffix(".json")
-            where = str(record)
-            entry = read_json(record, f"ByteMorph-Bench record for {picture.name}", dict)
-            instruction = _field(entry, "edit", where)
-            caption = _field(entry, "output", where, required=False)
-            case_id = safe_id(f"{edit_type}__{name}")
-            cases.append(
-                EditCase(
-                    "bytemorph",
-                    case_id,
-                    f"{edit_type}/{name}",
-                    instruction,
-                    "instruction",
-                    edit_type,
-                    picture,
-                    picture,
-                    caption,
-                    side_by_side=True,
-                )  # fmt: skip
-            )
-    return cases
-
-
-def _visible(folder: Path) -> list[Path]:
+def visible(folder: Path) -> list[Path]:
+    """The entries of `folder` but hidden ones (.git, .cache)."""
     return [path for path in folder.iterdir() if not path.name.startswith(".")]
-
-
-_LOADERS: dict[str, Callable[[Path], list[EditCase]]] = {
-    "tedbench": _tedbench,
-    "bytemorph": _bytemorph,
-    "risebench": _risebench,
-    "imgedit": _imgedit,
-}

@@ -2,8 +2,8 @@
 
 ```
 DIR/manifest.json       what was run (benchmark, data, model, settings, seed) and how far it got
-DIR/images/...          the benchmark's layout: RISEBench {category}/{index}.png, ImgEdit {key}.png,
-                        ByteMorph {edit_type}/{name}.png as [input | output], TEdBench {id}.png
+DIR/images/...          the benchmark's layout (`Benchmark.output_parts`): RISEBench {category}/{index}.png,
+                        ImgEdit {key}.png, ByteMorph {edit_type}/{name}.png as [input | output], TEdBench {id}.png
 DIR/records/{id}.json   how the case was made, as `ifedit edit` records it; present only once the image is written
 DIR/failures/{id}.json  the error of a case that failed (removed when a later run finishes it)
 DIR/.lock               the process id and host of the run writing into DIR, locked (flock) while it runs
@@ -29,6 +29,7 @@ import PIL.Image
 from ..errors import InvalidInputError
 from ..io import save_image, save_json
 from ..redact import strip_control
+from .benchmarks import get_benchmark
 from .cases import EditCase, read_json, safe_name
 
 MANIFEST = "manifest.json"
@@ -40,14 +41,7 @@ LOCK_ATTEMPTS = 20  # each retry means a run released the lock meanwhile; this m
 def output_relpath(case: EditCase) -> Path:
     """Where the benchmark's scorer expects this case's output, relative to the run folder; every part is checked,
     since a case rebuilt from a record in the folder is as untrusted as a listing."""
-    if case.benchmark == "risebench":
-        parts = (case.category, case.key)
-    elif case.benchmark == "bytemorph":
-        parts = (case.category, case.key.rpartition("/")[2])
-    elif case.benchmark == "imgedit":
-        parts = (case.key,)
-    else:
-        parts = (case.id,)
+    parts = get_benchmark(case.benchmark).output_parts(case)
     *folders, stem = (safe_name(part, f"case {case.id!r}:") for part in parts)
     return Path("images", *folders, f"{stem}.png")
 

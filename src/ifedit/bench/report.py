@@ -12,9 +12,9 @@ import PIL.Image
 
 from ..errors import InvalidInputError
 from ..io import atomic_path, load_image, save_image
+from .benchmarks import get_benchmark
 from .cases import read_json
 from .layout import RunFolder, output_relpath
-from .published import PUBLISHED
 from .scoring import SCORES, finished_cases
 
 THUMBNAIL = 160
@@ -41,7 +41,7 @@ def write_report(root: Path) -> list[Path]:
     benchmark = manifest["benchmark"]
     title = f"ifedit on {benchmark}: {manifest['model']['preset']}"  # a preset's name, not a folder of weights
     summary = _summary_rows(scores, metrics)
-    published = [(p.method, p.metric, _format(p.value), p.note) for p in PUBLISHED.get(benchmark, ())]
+    published = [(p.method, p.metric, _format(p.value), p.note) for p in get_benchmark(benchmark).published]
     official = scores.get("official") or {}
     for metric, value in official.get("comparable", {}).items():
         note = f"{official['comparable_unit']}; judge {official['judge']['model']}"

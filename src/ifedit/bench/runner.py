@@ -26,7 +26,8 @@ from ..io import validate_image
 from ..loading import LoadOptions
 from ..options import EditSettings
 from ..presets import Preset
-from .cases import EditCase, load_cases
+from .benchmarks import load_cases
+from .cases import EditCase
 from .layout import RunFolder, case_record, check_distinct, compose_output, describe_error
 
 logger = logging.getLogger("ifedit")
