@@ -18,7 +18,7 @@ import zlib
 import PIL.Image
 import pytest
 
-import ifedit.report
+import ifedit.outputs
 from chat_server import Reply, completion
 from ifedit.cli import main
 
@@ -219,8 +219,8 @@ def test_interrupt_while_saving_frames_leaves_nothing(tmp_path, source, tiny_dir
         written.extend(real_save_frames(frames, folder, prefix)[:2])
         raise KeyboardInterrupt  # Ctrl-C halfway through the frames
 
-    real_save_frames = ifedit.report.save_frames
-    monkeypatch.setattr(ifedit.report, "save_frames", save_then_interrupt)
+    real_save_frames = ifedit.outputs.save_frames
+    monkeypatch.setattr(ifedit.outputs, "save_frames", save_then_interrupt)
     out = tmp_path / "out"
     out.mkdir()
     code, printed = _run(capsys, "edit", str(source), "the square slides right", "-o", str(out / "o.png"), "--model",

@@ -752,7 +752,7 @@ def _edit(args: argparse.Namespace) -> int:
         if args.save_frames:
             _write_frames(result, staged["frames"])
         if args.save_video:
-            from .report import save_video
+            from .outputs import save_video
 
             save_video(result.frames, staged["video"], preset.fps)
         save_image(result.image, staged["image"])
@@ -907,7 +907,7 @@ def _user_text(text: str, name: str) -> str:
 
 def _write_frames(result, folder: Path) -> None:
     from .io import save_image
-    from .report import candidate_sheet, save_frames
+    from .outputs import candidate_sheet, save_frames
 
     save_frames(result.frames, folder, "edit")
     save_image(candidate_sheet(result.frames, result.sharpness, result.selected_index), folder / "edit_candidates.png")
@@ -1011,7 +1011,7 @@ def _info(args: argparse.Namespace) -> int:
     _quiet_libraries()
     import torch
 
-    from .report import versions
+    from .outputs import versions
 
     print("versions:")
     for package, version in versions().items():

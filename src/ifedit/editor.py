@@ -20,9 +20,9 @@ from . import __version__
 from .errors import InvalidInputError
 from .loading import LoadOptions, check_placement, free_accelerator_memory, load_pipeline, out_of_memory, retry_tier
 from .options import EditSettings
+from .outputs import versions
 from .pipeline import DEFAULT_REFINE_PROMPT, IFEditPipelineOutput
 from .presets import Preset
-from .report import versions
 
 
 def new_seed() -> int:

@@ -34,11 +34,11 @@ from .editor import Editor, final_frame
 from .errors import IFEditError, InvalidInputError
 from .io import MAX_UPLOAD_BYTES, load_image, save_image, save_json
 from .options import MIN_FRAMES, EditSettings, check_seed
+from .outputs import save_video
 from .pipeline import refine_start_step
 from .presets import edit_settings
 from .prompting import PromptResult
 from .redact import safe_text, strip_control
-from .report import save_video
 from .sizes import fit_size
 from .toyworld.scenes import render_frame, sample_case
 

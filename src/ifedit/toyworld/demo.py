@@ -12,9 +12,9 @@ import PIL.Image
 from ..editor import Editor
 from ..io import save_image
 from ..loading import LoadOptions
+from ..outputs import contact_sheet
 from ..presets import Preset
 from ..prompting.template import template_prompt
-from ..report import contact_sheet
 from .detect import score_edit
 from .scenes import EVAL_SEED_START, render_clip, sample_case
 
