@@ -20,7 +20,7 @@ from bench_fixtures import FAST, SHARED_TEDBENCH, bytemorph, imgedit, risebench
 from ifedit.bench.benchmarks import load_cases
 from ifedit.bench.distributed import MAX_ATTEMPTS, ray_outcomes
 from ifedit.bench.runner import CaseEditor, RunPlan, Task, case_seed, select_cases
-from ifedit.cli import main
+from ifedit.cli import EXIT_CASES_FAILED, EXIT_INPUT, EXIT_SETUP, main
 from ifedit.errors import SetupError
 from ifedit.loading import LoadOptions
 from ifedit.presets import custom_preset, edit_settings
@@ -120,12 +120,20 @@ def test_shared_tedbench_writes_one_image_per_pair(tmp_path, tiny_dirs):
     assert record["case"]["input_kind"] == "target" and record["instruction"] == "A photo of a sitting dog."
 
 
+def test_failed_cases_exit_with_their_own_status_named_in_the_help(capsys):
+    """A run whose cases failed is not a setup problem: scripts tell the two apart by the exit status."""
+    assert EXIT_CASES_FAILED not in (0, EXIT_INPUT, EXIT_SETUP)
+    with pytest.raises(SystemExit):
+        main(["bench", "run", "--help"])
+    assert f"{EXIT_CASES_FAILED} when some failed" in " ".join(capsys.readouterr().out.split())
+
+
 def test_a_corrupted_case_is_recorded_and_the_run_goes_on(tmp_path, tiny_dirs, capsys):
     data, out = risebench(tmp_path / "rise"), tmp_path / "run"
     broken = data / "data" / "causal_reasoning_images" / "1.png"
     good = broken.read_bytes()
     broken.write_bytes(b"not a png")
-    assert _run("risebench", data, out, tiny_dirs["a14b"]) == 1
+    assert _run("risebench", data, out, tiny_dirs["a14b"]) == EXIT_CASES_FAILED
     assert "1 cases failed (first: causal_reasoning_1: InvalidInputError" in capsys.readouterr().err
     assert len(_images(out)) == 3 and not (out / "records" / "causal_reasoning_1.json").exists()
     assert "not an image file" in json.loads((out / "failures" / "causal_reasoning_1.json").read_text())["error"]

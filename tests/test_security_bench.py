@@ -18,7 +18,7 @@ import pytest
 from bench_fixtures import FAST, bytemorph, declared_png, imgedit, picture, risebench, tedbench
 from ifedit.bench.cases import MAX_JSON_BYTES, EditCase
 from ifedit.bench.layout import RunFolder
-from ifedit.cli import main
+from ifedit.cli import EXIT_CASES_FAILED, main
 from ifedit.errors import InvalidInputError
 
 
@@ -211,7 +211,7 @@ def test_a_decompression_bomb_source_fails_its_case_and_the_run_goes_on(tmp_path
     bomb = declared_png(data / "data" / "causal_reasoning_images" / "1.png", 30000, 30000, rows=4)
     assert bomb.stat().st_size < 2000
     for _ in range(2):  # and again on a rerun, which retries it
-        assert _run("risebench", data, out, tiny_dirs["a14b"]) == 1
+        assert _run("risebench", data, out, tiny_dirs["a14b"]) == EXIT_CASES_FAILED
         assert "1 cases failed (first: causal_reasoning_1: InvalidInputError" in capsys.readouterr().err
         failure = json.loads((out / "failures" / "causal_reasoning_1.json").read_text())
         assert "image file is too large" in failure["error"]
@@ -221,7 +221,7 @@ def test_a_decompression_bomb_source_fails_its_case_and_the_run_goes_on(tmp_path
 def test_a_truncated_source_with_a_valid_header_fails_only_its_own_case(tmp_path, tiny_dirs, capsys):
     data, out = risebench(tmp_path / "data"), tmp_path / "run"
     declared_png(data / "data" / "spatial_reasoning_images" / "1.png", 64, 64, rows=8)
-    assert _run("risebench", data, out, tiny_dirs["a14b"]) == 1
+    assert _run("risebench", data, out, tiny_dirs["a14b"]) == EXIT_CASES_FAILED
     assert "1 cases failed (first: spatial_reasoning_1: InvalidInputError" in capsys.readouterr().err
     assert "truncated" in json.loads((out / "failures" / "spatial_reasoning_1.json").read_text())["error"]
     assert sorted(path.stem for path in (out / "records").glob("*.json")) == [
@@ -408,7 +408,7 @@ def test_records_failures_and_outputs_planted_as_links_are_replaced_not_followed
     (data / "data" / "spatial_reasoning_images" / "1.png").write_bytes(b"not a png")  # it fails: a failure is written
     (out / "records" / "spatial_reasoning_1.json").unlink()
     before = _tree(outside)
-    assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "3") == 1
+    assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "3") == EXIT_CASES_FAILED
     assert _tree(outside) == before
     assert not [link for link in planted if link.is_symlink()] and all(link.is_file() for link in planted)
     assert "not an image file" in json.loads((out / "failures" / "spatial_reasoning_1.json").read_text())["error"]

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,30 +26,12 @@ from ..io import validate_image
 from ..loading import LoadOptions
 from ..options import EditSettings
 from ..presets import Preset
+from ..prompting import PromptOptions
 from .benchmarks import load_cases
 from .cases import EditCase
 from .layout import RunFolder, case_record, check_distinct, compose_output, describe_error
 
 logger = logging.getLogger("ifedit")
-
-
-@dataclass(frozen=True)
-class PromptOptions:
-    """How the prompt stage writes video prompts: the keyword arguments of `ifedit.prompting.enhance_many`."""
-
-    enhancer: str = "auto"
-    vlm_model: str | None = None
-    api_base_url: str | None = None
-    api_model: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    timeout: float = 30.0
-    use_cache: bool = True
-    strict: bool = False
-
-    def recorded(self) -> dict[str, Any]:
-        """What the manifest keeps (never the key)."""
-        return {"enhancer": self.enhancer, "vlm_model": self.vlm_model, "api_base_url": self.api_base_url,
-                "api_model": self.api_model, "strict": self.strict}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -214,17 +196,9 @@ def prompt_stage(cases: Sequence[EditCase], plan: RunPlan, folder: RunFolder) ->
     views = list(attempt(readable, folder, view))
     if not views:
         return []
-    options = plan.prompts
     results = enhance_many(
         [(image, case.text, case.kind) for case, image in views],
-        enhancer=options.enhancer,
-        vlm_model=options.vlm_model,
-        api_base_url=options.api_base_url,
-        api_model=options.api_model,
-        api_key=options.api_key,
-        timeout=options.timeout,
-        use_cache=options.use_cache,
-        strict=options.strict,
+        **plan.prompts.kwargs(),
         device=None if plan.load_options.device == "auto" else plan.load_options.device,
     )
     return [

@@ -12,6 +12,7 @@ from .base import (
 )
 from .cache import default_cache_dir
 from .instructions import INSTRUCTIONS_VERSION
+from .options import PromptOptions
 from .template import TEMPLATE_VERSION
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Fallback",
     "InputKind",
     "PromptCase",
+    "PromptOptions",
     "PromptResult",
     "default_cache_dir",
     "enhance",

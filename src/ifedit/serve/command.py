@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import os
 
-from .. import cli
+from ..cli import options as cli_options
 from ..errors import InvalidInputError, SetupError
 from ..loading import check_placement
 from ..presets import resolve_model
@@ -50,10 +50,10 @@ def build_service(args: argparse.Namespace):
         raise SetupError(f"ifedit serve needs the serve extra (missing {missing[0]}): pip install 'ifedit[serve]'")
     key = api_key(args)
     _check_server_options(args)
-    preset = cli._with_lora_options(resolve_model(args.model), args)
-    cli._edit_settings(preset, args)  # the defaults of every request, checked once up front
-    cli._quiet_libraries()
-    options = cli._load_options(args)
+    preset = cli_options.with_lora_options(resolve_model(args.model), args)
+    cli_options.edit_settings_of(preset, args)  # the defaults of every request, checked once up front
+    cli_options.quiet_libraries()
+    options = cli_options.load_options(args)
     replica_args = (preset, options, prompt_options(args))
     if _uses_ray(args):
         low, initial, high = replica_counts(args)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import PIL.Image
 
-from .. import cli
+from ..cli import options as cli_options
 from ..errors import InvalidInputError
 from ..options import EditSettings
 from ..presets import Preset
@@ -35,7 +35,7 @@ SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 def _sampling_fields() -> tuple[str, ...]:
     """The CLI's sampling, dropout and refinement options, less height and width (a request says `size`)."""
     parser = argparse.ArgumentParser(add_help=False)
-    cli._add_sampling_arguments(parser, seed_help="")
+    cli_options.add_sampling_arguments(parser, seed_help="")
     return tuple(name for name in vars(parser.parse_args([])) if name not in ("height", "width"))
 
 
@@ -66,8 +66,8 @@ class _FieldParser(argparse.ArgumentParser):
 
 def _field_parser() -> argparse.ArgumentParser:
     parser = _FieldParser(add_help=False)
-    cli._add_model_and_sampling_arguments(parser)
-    prompt = cli._add_prompt_arguments(parser)
+    cli_options.add_model_and_sampling_arguments(parser)
+    prompt = cli_options.add_prompt_arguments(parser)
     prompt.add_argument("--negative-prompt")
     return parser
 
@@ -103,7 +103,7 @@ def parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Nam
         raise InvalidInputError("video_prompt must not be empty (leave it out to have the prompt stage write one)")
 
     options = _options(fields, defaults)
-    settings = cli._edit_settings(preset, options)
+    settings = cli_options.edit_settings_of(preset, options)
     _check_limits(settings, preset)
     if options.seed is not None and not 0 <= options.seed <= 2**63 - n:
         raise InvalidInputError(f"seed must be between 0 and {2**63 - n}, got {options.seed}")

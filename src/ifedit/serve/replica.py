@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .. import cli
+from ..cli import options as cli_options
 from ..editor import Editor
 from ..errors import IFEditError, InvalidInputError
 from ..loading import LoadOptions
@@ -34,7 +34,7 @@ logger = logging.getLogger("ifedit")
 
 Event = dict[str, Any]
 FINAL_EVENTS = ("result", "error")
-# What the prompt stage reads from the command line (`cli._enhance`); a replica gets these and nothing else.
+# What the prompt stage reads from the command line (`cli_options.enhance`); a replica gets these and nothing else.
 PROMPT_OPTIONS = (
     "prompt_enhancer",
     "input_kind",
@@ -83,7 +83,7 @@ class EditReplica:
     ):
         if threads is not None:
             torch.set_num_threads(threads)
-        cli._quiet_libraries()
+        cli_options.quiet_libraries()
         register_secret(prompt_options.vlm_api_key)  # a Ray replica is a process of its own
         self.editor = Editor(preset, options)
         self.editor.pipe.set_progress_bar_config(disable=True)
@@ -139,7 +139,7 @@ class EditReplica:
             prompt, provenance = request.video_prompt, {"backend": "given"}
         else:
             options = argparse.Namespace(**{**vars(self.prompt_options), "input_kind": request.input_kind})
-            enhanced = cli._enhance(options, request.image, request.instruction, device=_device(options))
+            enhanced = cli_options.enhance(options, request.image, request.instruction, device=_device(options))
             prompt, provenance = enhanced.prompt, enhanced.to_record()
         per_edit = edit_steps(request.settings)
         total = per_edit * len(request.seeds)
