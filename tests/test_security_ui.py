@@ -330,7 +330,7 @@ def test_a_stalled_vlm_server_does_not_hold_up_an_edit_with_a_ready_prompt(serve
     status, outputs = server.call("prepare", *ready, timeout=30)
     assert status == "complete" and outputs[0] == "a red square slides to the right"
     status, outputs = server.call("edit", *ready, timeout=60)
-    assert status == "complete" and outputs[-1].startswith("Done in "), outputs
+    assert status == "complete" and any(str(output).startswith("Done in ") for output in outputs), outputs
     assert len(stalling_vlm.requests) == asked + 1  # the edit asked nothing; the stalled request is still open
     with pytest.raises(TimeoutError):
         server.result(stalled, waiting, timeout=1)
