@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_model_and_sampling_arguments, add_prompt_arguments
+from .options import add_model_and_sampling_arguments, add_prompt_arguments, finite_float
 
 
 def register(commands) -> None:
@@ -32,11 +32,14 @@ def register(commands) -> None:
         help="requests waiting per replica beyond the one it edits; more get 429 (default: %(default)s)",
     )
     server.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds per request, waiting included (default: %(default)s)"
+        "--timeout",
+        type=finite_float,
+        default=600.0,
+        help="seconds per request, waiting included (default: %(default)s)",
     )
     server.add_argument(
         "--url-ttl",
-        type=float,
+        type=finite_float,
         default=3600.0,
         help="seconds result URLs and finished jobs are kept (default: %(default)s)",
     )
