@@ -237,8 +237,8 @@ class EditorApp:
     ) -> EditView:
         """The refinement pass alone on a frame the user picked from the clip (the edit at that point of the clip)."""
         frame = self.clip_frame(clip_id, index)
-        settings = {key: None if key in ZERO_IS_AUTOMATIC and value == 0 else _whole(value) for key, value in
-                    settings.items() if key not in ("height", "width")}  # fmt: skip
+        # The picked frame sets the size; the rest of the form is read as for an edit.
+        settings = {key: value for key, value in _from_page(settings).items() if key not in ("height", "width")}
         settings = edit_settings(self.editor.preset, **settings)
         seed = None if seed is None or seed < 0 else _whole(seed)
         check_seed(seed)
@@ -289,10 +289,7 @@ class EditorApp:
         """The form checked as the edit will see it: image and its name, instruction, settings and seed."""
         image, name = self.read_upload(upload)
         instruction = _instruction(instruction)
-        # The page's number boxes are never empty: 0 stands for "automatic" there, and a negative seed for "draw one".
-        settings = {
-            key: None if key in ZERO_IS_AUTOMATIC and value == 0 else _whole(value) for key, value in settings.items()
-        }
+        settings = _from_page(settings)
         if settings.get("height") is None and settings.get("width") is None:
             settings["height"], settings["width"] = self.proposed_size(image.size)
         settings = edit_settings(self.editor.preset, **settings)
@@ -331,11 +328,26 @@ def _provenance(prompt: str, record: dict[str, Any] | None) -> dict[str, Any]:
     return record
 
 
+def _from_page(settings: dict[str, Any]) -> dict[str, Any]:
+    """The form's settings as the library takes them: the page's number boxes are never empty, so 0 stands for
+    "automatic" there (and a negative seed, handled apart, for "draw one")."""
+    return {key: None if key in ZERO_IS_AUTOMATIC and value == 0 else _whole(value) for key, value in settings.items()}
+
+
 def _whole(value: Any) -> Any:
     """Numbers from the page arrive as floats; whole ones become ints so the checks see what the user meant."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _reporter(progress: gr.Progress) -> Progress:
+    """Steps done of the total, shown in Gradio's progress bar with the pass's label."""
+
+    def report(done: int, total: int, label: str) -> None:
+        progress((done, total), desc=label)
+
+    return report
 
 
 def _step_counter(settings: EditSettings, progress: Progress | None):
@@ -543,10 +555,7 @@ def build_page(app: EditorApp) -> gr.Blocks:
                 refine_num_frames, strength,
             )  # fmt: skip
 
-            def report(done: int, total: int, label: str) -> None:
-                progress((done, total), desc=label)
-
-            view = app.run(upload, text, written, written_record, settings, chosen_seed, report)
+            view = app.run(upload, text, written, written_record, settings, chosen_seed, _reporter(progress))
             gallery = gr.Gallery(value=view.candidates, selected_index=view.chosen)
             files = str(view.clip), str(view.record)
             frame_pick = gr.Slider(minimum=1, maximum=view.clip_frames - 1, value=view.selected_frame, step=1)
@@ -587,10 +596,7 @@ def build_page(app: EditorApp) -> gr.Blocks:
                 refine_num_frames, strength,
             )  # fmt: skip
 
-            def report(done: int, total: int, label: str) -> None:
-                progress((done, total), desc=label)
-
-            view = app.refine_frame(chosen_clip, index, settings, chosen_seed, report)
+            view = app.refine_frame(chosen_clip, index, settings, chosen_seed, _reporter(progress))
             gallery = gr.Gallery(value=view.candidates, selected_index=view.chosen)
             return view.image, view.before_after, gallery, str(view.record), view.status
 
