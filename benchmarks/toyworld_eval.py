@@ -1,107 +1,136 @@
-"""Edit held-out toy-world scenes under several IF-Edit settings and print how often each edit met its target.
+"""Edit held-out toy-world scenes under several IF-Edit settings and print how well each met its targets.
 
     python benchmarks/toyworld_eval.py                # 110 scenes (10 per event), every setting
-    python benchmarks/toyworld_eval.py --scenes 22 --settings copy K=3
+    python benchmarks/toyworld_eval.py --scenes 22 --settings copy recipe "K=1"
 
-Scenes use seeds from 1,000,000 up, which training never sees. For each setting the table gives the share of
-edits that met their target (by the toy world's own detectors), the mean distance of the changed shape from where
-it should be (moves and falls), the mean 0-255 error on the rest of the picture, the Laplacian sharpness of the
-output, and seconds per edit on this machine. "copy" returns the source unchanged: the baseline to beat. "VAE round
-trip" encodes the whole ground-truth clip and decodes its last frame: the best any experts could do through this
-VAE, a ceiling.
+Scenes use seeds from 1,000,000 up, which training never sees. Every number comes with a bootstrap 95% interval
+over the scenes (in brackets), and every setting is compared with the paper's recipe on the same scenes (a paired
+bootstrap of the difference in success). The columns:
+
+- success: the share of edits that met their target, by the toy world's colour detectors (`detect.score_edit`);
+- region gain: the median over changing scenes of how much of copying the source's error in the changed region
+  the edit removes (`detect.region_error_reduction`, a pixel measure independent of the detectors), and the share
+  of those scenes where it removes more than 20%;
+- move error: mean distance of moved and fallen shapes from their targets (a lost shape counts 32 px);
+- background error: mean 0-255 error outside the changed shape; sharpness: Laplacian variance of the output;
+- s/edit on this machine.
+
+"copy" returns the source unchanged, the baseline to beat. "VAE round trip" encodes the whole ground-truth clip and
+decodes its last frame: the best any experts could do through this VAE, a ceiling. "refined target" runs the
+refinement pass alone on the true target: what refinement does to a perfect edit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
-from collections import defaultdict
 
 import numpy as np
-import PIL.Image
-import torch
 
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
 from ifedit.options import FAST_SETTINGS
 from ifedit.presets import edit_settings, resolve_model
-from ifedit.prompting.template import template_prompt
-from ifedit.sharpness import laplacian_variance
-from ifedit.toyworld.detect import MOVING_EVENTS, move_error, score_edit
+from ifedit.toyworld.evaluate import SceneEdit, bootstrap, edit_scene, measure, refined_target, vae_round_trip
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 
-# A cheaper refinement: a 5-frame still video (two latent frames) from the chosen frame re-noised halfway.
-SHORT_REFINE = {"refine_frames": 5, "refine_strength": 0.5}
+IMPROVED = 0.2  # a scene counts as improved when the edit removes more than this share of copying's region error
+RECIPE = "recipe"
 # name -> (edit-setting overrides, prompt wording); None overrides = copy the source, ROUND_TRIP = the VAE's
-# reconstruction of the target. Refinement is named in every setting, since presets differ on it: the toyworld
-# preset runs without it ("K=3" is what `ifedit edit --model toyworld` does with no VLM configured), the paper's
-# recipe with it ("K=3, refine").
+# reconstruction of the target. Refinement is named in every setting, since presets may differ on it.
 ROUND_TRIP: dict = {}  # compared by identity, never passed to the pipeline
-OFF, ON = {"refine": False}, {"refine": True}
+REFINED_TARGET: dict = {}  # likewise: the refinement pass alone, run on the true target (`evaluate.refined_target`)
+ON, OFF = {"refine": True}, {"refine": False}
+SHORT_REFINE = {"refine_frames": 5, "refine_strength": 0.5}  # two latent frames, re-noised halfway
 SETTINGS: dict[str, tuple[dict | None, str]] = {
     "copy": (None, "raw"),
     "VAE round trip": (ROUND_TRIP, "raw"),
-    "K=3": (OFF, "template"),
-    "K=3, raw prompt": (OFF, "raw"),
-    "K=1": ({**OFF, "tld_stride": 1}, "template"),
-    "K=2": ({**OFF, "tld_stride": 2}, "template"),
-    "K=4": ({**OFF, "tld_stride": 4}, "template"),
-    "K=3, decode needed": ({**OFF, "decode_frames": "needed"}, "template"),
-    "K=3, refine": (ON, "template"),
-    "K=3, refine, raw prompt": (ON, "raw"),
-    "K=1, refine": ({**ON, "tld_stride": 1}, "template"),
-    "K=4, refine": ({**ON, "tld_stride": 4}, "template"),
-    "K=3, short refine": ({**ON, **SHORT_REFINE}, "template"),
-    "--fast (refine on)": ({**ON, **FAST_SETTINGS}, "template"),
-    "--fast, K=4, strength 0.25": ({**ON, **FAST_SETTINGS, "tld_stride": 4, "refine_strength": 0.25}, "template"),
+    "refined target": (REFINED_TARGET, "raw"),
+    RECIPE: (ON, "template"),
+    "no refinement": (OFF, "template"),
+    "short refinement": ({**ON, **SHORT_REFINE}, "template"),
+    "raw instruction": (ON, "raw"),
+    "K=1": ({**ON, "tld_stride": 1}, "template"),
+    "K=2": ({**ON, "tld_stride": 2}, "template"),
+    "K=4": ({**ON, "tld_stride": 4}, "template"),
+    "threshold 0.8": ({**ON, "tld_threshold": 0.8}, "template"),
+    "threshold 1.0": ({**ON, "tld_threshold": 1.0}, "template"),
+    "original positions": ({**ON, "tld_positions": "original"}, "template"),
+    "decode needed": ({**ON, "decode_frames": "needed"}, "template"),
+    "--fast": ({**ON, **FAST_SETTINGS}, "template"),
+}
+DESCRIPTIONS = {
+    "copy": "copy the source",
+    "VAE round trip": "VAE round trip (ceiling)",
+    "refined target": "refinement alone, of the true target (probe)",
+    RECIPE: "**the paper's recipe: K=3, threshold 0.9, refinement, template prompt**",
+    "no refinement": "no refinement",
+    "short refinement": "short refinement (5 frames, strength 0.5)",
+    "raw instruction": "raw instruction as the prompt",
+    "K=1": "K=1 (no dropout)",
+    "original positions": "original positions after dropout",
+    "--fast": "`--fast`",
 }
 
 
-def sharpness(image: np.ndarray) -> float:
-    return laplacian_variance(torch.tensor(image).permute(2, 0, 1)[None].float() / 255)[0].item()
-
-
-@torch.no_grad()
-def round_trip(editor: Editor, clip: np.ndarray) -> np.ndarray:
-    """The last frame of `clip` encoded and decoded with the rest of the clip by the model's VAE, as uint8."""
-    video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    vae = editor.pipe.vae
-    decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0, :, -1]
-    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-
-
-def evaluate(editor: Editor | None, cases: list, overrides: dict | None, wording: str) -> dict[str, list]:
-    rows: dict[str, list] = defaultdict(list)
+def evaluate(editor: Editor, cases: list, overrides: dict | None, wording: str) -> list[SceneEdit]:
+    results = []
     for index, case in enumerate(cases):
-        clip = render_clip(case)
-        start = time.perf_counter()
         if overrides is None:
-            output = clip[0]
+            results.append(measure(case, render_clip(case)[0]))
         elif overrides is ROUND_TRIP:
-            output = round_trip(editor, clip)
+            start = time.perf_counter()
+            output = vae_round_trip(editor, render_clip(case))
+            results.append(measure(case, output, time.perf_counter() - start))
+        elif overrides is REFINED_TARGET:
+            results.append(refined_target(editor, case, edit_settings(editor.preset, refine=True), seed=index))
         else:
             settings = edit_settings(editor.preset, **overrides)
-            prompt = case.instruction if wording == "raw" else template_prompt(case.instruction, "instruction")
-            image = PIL.Image.fromarray(clip[0])
-            output = np.asarray(editor.edit(image, case.instruction, settings, prompt=prompt, seed=index).result.image)
-        seconds = time.perf_counter() - start
-        score = score_edit(case, output, clip[-1])
-        rows[case.event].append((score.success, score.position_error, score.background_error, sharpness(output),
-                                 seconds))  # fmt: skip
-    return rows
+            results.append(edit_scene(editor, case, settings, wording=wording, seed=index))
+    return results
 
 
-def summarise(rows: dict[str, list]) -> dict[str, float]:
-    every = [row for event_rows in rows.values() for row in event_rows]
-    moves = [move_error(row[1]) for event in MOVING_EVENTS for row in rows.get(event, [])]
+def paired_difference(results: list[SceneEdit], reference: list[SceneEdit]) -> tuple[float, float, float]:
+    """Success minus the reference's on the same scenes, with a paired bootstrap 95% interval."""
+    difference = np.array([a.success for a in results], float) - np.array([b.success for b in reference], float)
+    return bootstrap(difference)
+
+
+def summarise(results: list[SceneEdit], reference: list[SceneEdit] | None) -> dict[str, tuple]:
+    changing = [r for r in results if r.changing]
+    gains = np.array([r.region_gain for r in changing])
     return {
-        "success": float(np.mean([row[0] for row in every])),
-        "move error px": float(np.mean(moves)) if moves else np.nan,
-        "background error": float(np.mean([row[2] for row in every])),
-        "sharpness": float(np.mean([row[3] for row in every])),
-        "s/edit": float(np.mean([row[4] for row in every])),
-        **{event: float(np.mean([row[0] for row in event_rows])) for event, event_rows in sorted(rows.items())},
+        "success": bootstrap([r.success for r in results]),
+        "vs recipe": paired_difference(results, reference) if reference else (float("nan"),) * 3,
+        "region gain (median)": bootstrap(gains, np.median),
+        f"improved > {IMPROVED:.0%}": bootstrap(gains > IMPROVED),
+        "move error px": bootstrap([r.move_error for r in results]),
+        "background error": bootstrap([r.background_error for r in results]),
+        "sharpness": bootstrap([r.sharpness for r in results]),
+        "s/edit": bootstrap([r.seconds for r in results]),
     }
+
+
+def by_event(results: list[SceneEdit]) -> dict[str, tuple]:
+    return {event: bootstrap([r.success for r in results if r.case.event == event]) for event in EVENTS}
+
+
+def cell(value: tuple[float, float, float], digits: int = 2) -> str:
+    estimate, low, high = value
+    if np.isnan(estimate):
+        return "-"
+    return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def markdown(rows: dict[str, dict[str, tuple]], first: str) -> str:
+    columns = list(next(iter(rows.values())))
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, values in rows.items():
+        digits = {"move error px": 1, "background error": 1, "sharpness": 0}
+        cells = [cell(values[column], digits.get(column, 2)) for column in columns]
+        lines.append(f"| {DESCRIPTIONS.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -109,25 +138,36 @@ def main() -> None:
     parser.add_argument("--model", default="toyworld", help="toy world pipeline (preset name or folder)")
     parser.add_argument("--scenes", type=int, default=110, help="held-out scenes, spread evenly over the events")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--save", metavar="FILE", help="also write every scene's result as JSON")
     args = parser.parse_args()
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cases = [sample_case(EVAL_SEED_START + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
     preset = resolve_model(args.model)
     editor = Editor(preset, LoadOptions(device="cpu"))
     editor.pipe.set_progress_bar_config(disable=True)
     print(f"{args.scenes} held-out scenes, model {preset.name} ({preset.model_id})")
-    table = {}
-    for name in args.settings:
+    names = sorted(args.settings, key=lambda name: name != RECIPE)  # the recipe first: the others are paired to it
+    results: dict[str, list[SceneEdit]] = {}
+    for name in names:
         overrides, wording = SETTINGS[name]
-        table[name] = summarise(evaluate(editor, cases, overrides, wording))
-        print(f"  {name}: success {table[name]['success']:.2f}", flush=True)
-    columns = list(next(iter(table.values())))
+        results[name] = evaluate(editor, cases, overrides, wording)
+        print(f"  {name}: success {np.mean([r.success for r in results[name]]):.2f}", flush=True)
+    reference = results.get(RECIPE)
+    ordered = [name for name in SETTINGS if name in results]
     print()
-    print("| setting | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for name, values in table.items():
-        print(f"| {name} | " + " | ".join(f"{values[column]:.2f}" for column in columns) + " |")
+    print(markdown({name: summarise(results[name], reference) for name in ordered}, "setting"))
+    print()
+    print(markdown({name: by_event(results[name]) for name in ordered}, "success by event"))
+    if args.save:
+        keep = ("success", "region_gain", "move_error", "background_error", "sharpness", "seconds")
+        rows = {
+            name: [
+                {"seed": r.case.seed, "event": r.case.event, **{k: getattr(r, k) for k in keep}} for r in results[name]
+            ]
+            for name in ordered
+        }
+        with open(args.save, "w") as file:
+            json.dump(rows, file, allow_nan=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from ifedit import IFEditPipeline
 from ifedit.cli import main
 from ifedit.presets import PRESETS, get_preset, resolve_model
 from ifedit.toyworld.config import TrainConfig
-from ifedit.toyworld.detect import detect, score_edit
+from ifedit.toyworld.detect import detect, region_error_reduction, score_edit
+from ifedit.toyworld.evaluate import bootstrap
 from ifedit.toyworld.model import build_tokenizer, build_vae, vocabulary
 from ifedit.toyworld.scenes import (
     EVAL_SEED_START,
@@ -74,6 +75,44 @@ def test_every_event_changes_what_it_says_and_the_detector_sees_it(event):
 
 
 def test_an_instruction_says_exactly_what_the_result_is():
+@pytest.mark.parametrize("event", EVENTS)
+def test_region_gain_is_one_for_the_target_zero_for_the_source_and_between_for_a_half_made_edit(event):
+    case = sample_case(EVAL_SEED_START + 7, event)
+    clip = render_clip(case)
+    gain = region_error_reduction(case, clip[-1], clip[0], clip[-1])
+    if event == "still":
+        assert np.isnan(gain), "nothing to change: no gain to measure"
+        return
+    assert gain == 1 and region_error_reduction(case, clip[0], clip[0], clip[-1]) == 0
+    halfway = region_error_reduction(case, clip[len(clip) // 2 - 2], clip[0], clip[-1])
+    assert 0 < halfway < 1, f"an edit halfway there gains {halfway:.2f}"
+
+
+def test_region_gain_of_a_shape_moved_the_wrong_way_is_that_of_doing_nothing():
+    checked = 0
+    for offset in range(30):
+        left = sample_case(EVAL_SEED_START + offset, "left")
+        mirrored = dataclasses.replace(left.end, x=2 * left.moved.x - left.end.x)
+        if not left.end.radius < mirrored.x < SIZE - left.end.radius:
+            continue  # the wrong-way move would leave the frame
+        wrong = render_clip(dataclasses.replace(left, event="right", end=mirrored))[-1]
+        clip = render_clip(left)
+        assert region_error_reduction(left, wrong, clip[0], clip[-1]) < 0.1, "no better than doing nothing"
+        checked += 1
+    assert checked >= 3
+
+
+def test_bootstrap_intervals_hold_their_estimate_and_shrink_with_more_scenes():
+    rng = np.random.default_rng(0)
+    few, many = rng.random(20) < 0.6, rng.random(400) < 0.6
+    for values in (few, many):
+        estimate, low, high = bootstrap(values)
+        assert low <= estimate <= high and estimate == values.mean()
+    assert np.ptp(bootstrap(many)[1:]) < np.ptp(bootstrap(few)[1:]) / 2
+    assert bootstrap(np.ones(10)) == (1.0, 1.0, 1.0)
+    assert np.isnan(bootstrap([np.nan, np.nan])[0]), "all-nan values (say, only still scenes) have no estimate"
+
+
     """Every change has one size and an appearing shape goes where its instruction says, so a target is a function
     of the source and the instruction alone."""
     for offset in range(20):

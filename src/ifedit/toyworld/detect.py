@@ -99,3 +99,31 @@ def _success(case: Case, output: np.ndarray, found: Detection, position_error: f
         old_left = detect(output, case.moved.colour).area
         return close and area_ratio >= 0.5 and old_left <= 0.3 * np.pi * case.moved.radius**2
     return close and sized
+
+
+# 0-255 difference (largest over the channels) from the source beyond which an output pixel counts as changed by
+# the edit: a shape drawn or removed there, not the blur or colour drift of a VAE round trip.
+EDIT_CHANGE = 60.0
+
+
+def changed_region(case: Case, size: int) -> np.ndarray:
+    """Where the event's shape starts or ends (`shape_mask` of both): the part of the picture an edit must change."""
+    return shape_mask(case.moved, size) | shape_mask(case.end, size)
+
+
+def region_error_reduction(case: Case, output: np.ndarray, source: np.ndarray, target: np.ndarray) -> float:
+    """How much of copying the source's error the edit removes: 1 - error(output) / error(source), each the summed
+    absolute 0-255 difference from the target over the region the event changes (`changed_region`) and wherever
+    the output changed the source by more than EDIT_CHANGE. 1 is a perfect edit, 0 no better than copying (a shape
+    moved the wrong way scores about 0: it leaves its start right but is missing at its end and drawn where
+    nothing should be), negative worse; nan when the event changes nothing.
+
+    A pixel measure, independent of the colour detectors `score_edit` uses: a blurred or half-moved shape earns
+    part of the way."""
+    output, source, target = (image.astype(np.float32) for image in (output, source, target))
+    edited = np.abs(output - source).max(axis=-1) > EDIT_CHANGE
+    region = changed_region(case, output.shape[0]) | edited
+    copy_error = np.abs(source - target).mean(axis=-1)[region].sum()
+    if copy_error == 0:
+        return float("nan")
+    return float(1.0 - np.abs(output - target).mean(axis=-1)[region].sum() / copy_error)
