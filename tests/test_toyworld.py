@@ -25,19 +25,23 @@ from ifedit.toyworld.scenes import (
     SHRINK,
     SIZE,
     render_clip,
+    render_frame,
     sample_case,
 )
 from ifedit.toyworld.train import (
     CHANGE_WEIGHT,
+    DECODER_STAGES,
     DIT_SEED_START,
     TEXT_SEQUENCE,
     change_weight,
     changed_regions,
     decoder_view,
+    edge_loss,
     encode_dataset,
     encode_text,
     i2v_condition,
     pipeline_view,
+    reconstruction_loss,
     train,
     train_decoder,
     train_experts,
@@ -74,7 +78,6 @@ def test_every_event_changes_what_it_says_and_the_detector_sees_it(event):
         )
 
 
-def test_an_instruction_says_exactly_what_the_result_is():
 @pytest.mark.parametrize("event", EVENTS)
 def test_region_gain_is_one_for_the_target_zero_for_the_source_and_between_for_a_half_made_edit(event):
     case = sample_case(EVAL_SEED_START + 7, event)
@@ -113,6 +116,7 @@ def test_bootstrap_intervals_hold_their_estimate_and_shrink_with_more_scenes():
     assert np.isnan(bootstrap([np.nan, np.nan])[0]), "all-nan values (say, only still scenes) have no estimate"
 
 
+def test_an_instruction_says_exactly_what_the_result_is():
     """Every change has one size and an appearing shape goes where its instruction says, so a target is a function
     of the source and the instruction alone."""
     for offset in range(20):
@@ -167,8 +171,8 @@ def test_tokenizer_knows_every_training_word():
 def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
-    config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, vae_batch=2, stats_clips=16, clips=16,
-                         dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2, text_steps=2,
+    config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, edge_steps=2, vae_batch=2, stats_clips=16,
+                         clips=16, dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2, text_steps=2,
                          text_batch=4)  # fmt: skip
     messages = []
     train(out, config, log=messages.append)
@@ -249,13 +253,30 @@ def test_demo_without_weights_says_how_to_get_them(tmp_path, capsys, monkeypatch
 DECODER_PARTS = ("decoder.", "post_quant_conv.")
 
 
-@pytest.mark.parametrize("windows", [False, True], ids=["decoder", "decoder windows"])
-def test_the_decoder_stages_leave_the_encoder_and_so_the_latents_alone(windows):
+def test_the_edge_loss_no_longer_pays_a_decoder_for_drawing_shapes_too_large():
+    """The decoder stages before "decoder edges" weigh a missing shape pixel 11 times a shape-coloured background
+    pixel, so a shape 2 px too large costs a fraction of one 2 px too small: trained on that, the decoder drew
+    shapes too large. The edge loss weighs both sides of a border alike."""
+
+    def frame(case, grow: float) -> torch.Tensor:
+        shapes = tuple(dataclasses.replace(shape, radius=shape.radius + grow) for shape in case.shapes)
+        pixels = render_frame(dataclasses.replace(case, shapes=shapes, end=shapes[0]), 0.0)
+        return torch.from_numpy(pixels[None].astype(np.float32) / 127.5 - 1).permute(3, 0, 1, 2)[None]
+
+    for offset in range(5):
+        case = sample_case(EVAL_SEED_START + offset, "still")
+        target, larger, smaller = frame(case, 0), frame(case, 2), frame(case, -2)
+        assert reconstruction_loss(larger, target) < reconstruction_loss(smaller, target) / 2
+        assert edge_loss(larger, target) >= edge_loss(smaller, target)
+
+
+@pytest.mark.parametrize("stage", list(DECODER_STAGES))
+def test_the_decoder_stages_leave_the_encoder_and_so_the_latents_alone(stage):
     vae = build_vae(0)
     encoder = {name: value.clone() for name, value in vae.state_dict().items() if not name.startswith(DECODER_PARTS)}
     decoder = {name: value.clone() for name, value in vae.state_dict().items() if name.startswith(DECODER_PARTS)}
-    config = TrainConfig(decoder_steps=1, window_steps=1, vae_batch=1, log_every=1)
-    train_decoder(vae, config, log=lambda message: None, windows=windows)
+    config = TrainConfig(decoder_steps=1, window_steps=1, edge_steps=1, vae_batch=1, log_every=1)
+    train_decoder(vae, config, log=lambda message: None, stage=stage)
     after = vae.state_dict()
     assert all(torch.equal(after[name], value) for name, value in encoder.items())
     assert any(not torch.equal(after[name], value) for name, value in decoder.items())

@@ -17,6 +17,8 @@ class TrainConfig:
     decoder_lr: float = 2e-4
     window_steps: int = 1500  # then the decoder alone on the clip windows the pipeline decodes (decode "needed")
     window_lr: float = 3e-4
+    edge_steps: int = 1500  # then the decoder alone with an edge-aware loss (see train.train_decoder)
+    edge_lr: float = 3e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
     text_steps: int = 1500  # the text encoder alone first, then frozen (0: it learns with the experts instead)
     text_batch: int = 64
