@@ -23,17 +23,8 @@ from ifedit.loading import LoadOptions
 from ifedit.presets import edit_settings, resolve_model
 from ifedit.prompting.template import template_prompt
 from ifedit.toyworld.detect import MOVING_EVENTS, detect
+from ifedit.toyworld.evaluate import bootstrap
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
-
-BOOTSTRAP_SAMPLES = 2000
-
-
-def bootstrap_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
-    """The 95% percentile interval of the mean, resampling scenes."""
-    rng = np.random.default_rng(seed)
-    samples = rng.choice(np.asarray(values), size=(BOOTSTRAP_SAMPLES, len(values)), replace=True).mean(axis=1)
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def move_fraction(case, output: np.ndarray) -> float:
@@ -69,8 +60,8 @@ def main() -> None:
             edit = editor.edit(source, case.instruction, settings, prompt=prompt, seed=index)
             fractions.append(move_fraction(case, np.asarray(edit.result.image)))
             used = edit.result.edit_position_used
-        low, high = bootstrap_interval(fractions)
-        rows.append((position, used, float(np.mean(fractions)), low, high))
+        mean, low, high = bootstrap(fractions)
+        rows.append((position, used, mean, low, high))
         print(f"  position {position}: {np.mean(fractions):.2f} of the move", flush=True)
     print()
     print("| edit position | latent frame used | share of the move (mean) | 95% interval |")

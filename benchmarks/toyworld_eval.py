@@ -32,10 +32,17 @@ from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
 from ifedit.options import FAST_SETTINGS
 from ifedit.presets import edit_settings, resolve_model
-from ifedit.toyworld.evaluate import SceneEdit, bootstrap, edit_scene, measure, refined_target, vae_round_trip
+from ifedit.toyworld.evaluate import (
+    IMPROVED,
+    SceneEdit,
+    bootstrap,
+    edit_scene,
+    measure,
+    refined_target,
+    vae_round_trip,
+)
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 
-IMPROVED = 0.2  # a scene counts as improved when the edit removes more than this share of copying's region error
 RECIPE = "recipe"
 # name -> (edit-setting overrides, prompt wording); None overrides = copy the source, ROUND_TRIP = the VAE's
 # reconstruction of the target. Refinement is named in every setting, since presets may differ on it.

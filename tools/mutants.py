@@ -44,6 +44,15 @@ DROPOUT = "tests/test_dropout.py::"
 SHARPNESS = "tests/test_sharpness.py::"
 SIZES = "tests/test_sizes.py::"
 TOYWORLD = "tests/test_toyworld_quality.py::test_the_preset_edits_with_both_experts_dropout_and_the_sharpest_frame"
+# The toy world's relative quality tests alone, without the structural test beside them: bugs they must catch by
+# what the edits look like.
+QUALITY_TESTS = (
+    "test_edits_remove_more_of_the_changed_regions_error_than_copying_the_source",
+    "test_edits_beat_the_same_pipeline_with_its_experts_swapped",
+    "test_the_output_is_sharper_than_the_blurriest_candidate_frame",
+    "test_edits_keep_the_background_nearly_as_well_as_the_vae_round_trip",
+)
+QUALITY = tuple(f"tests/test_toyworld_quality.py::{name}" for name in QUALITY_TESTS)
 
 MUTATIONS: tuple[Mutation, ...] = (
     # The expert switch (SPEC step 2).
@@ -290,6 +299,42 @@ MUTATIONS: tuple[Mutation, ...] = (
         'digest.update(b"")',
         ("tests/test_prompting_cache.py::test_image_digest_is_about_pixels",),
     ),
+    # The same kinds of bug, judged by the toy world's edits alone (tests/test_toyworld_quality.py).
+    Mutation(
+        "experts swapped, judged by the edits",
+        "pipeline.py",
+        'return "transformer" if boundary is None or timestep >= boundary else "transformer_2"',
+        'return "transformer_2" if boundary is not None and timestep >= boundary else "transformer"',
+        QUALITY,
+    ),
+    Mutation(
+        "blurriest frame chosen, judged by the edits",
+        "pipeline.py",
+        "selected=sharpest(scores)",
+        "selected=min(scores, key=scores.get)",
+        QUALITY,
+    ),
+    Mutation(
+        "source frame returned instead of the edit, judged by the edits",
+        "pipeline.py",
+        "image=self._postprocess(final.frame(final.selected).unsqueeze(2), output_type)[0]",
+        "image=self._postprocess(clip.frame(0).unsqueeze(2), output_type)[0]",
+        QUALITY,
+    ),
+    Mutation(
+        "low-noise expert never runs, judged by the edits",
+        "pipeline.py",
+        "return self.config.boundary_ratio * self.scheduler.config.num_train_timesteps",
+        "return self.config.boundary_ratio",
+        QUALITY,
+    ),
+    Mutation(
+        "I2V condition thinned with frames 0..len(kept), judged by the edits",
+        "pipeline.py",
+        "condition = slice_frames(condition, kept, num_latent_frames)",
+        "condition = slice_frames(condition, list(range(len(kept))), num_latent_frames)",
+        QUALITY,
+    ),
 )
 
 
@@ -341,6 +386,10 @@ def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[str, str]:
     suite = suite if suite.tag == "testsuite" else suite[0]
     failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
     account = f"{failed}/{suite.get('tests')} tests failed"
+    names = [case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None
+             or case.find("error") is not None]  # fmt: skip
+    if names:
+        account += ": " + ", ".join(names)
     return ("failed" if done.returncode == 1 else "passed"), account
 
 

@@ -146,6 +146,8 @@ def bootstrap(values, statistic=np.mean, seed: int = 0) -> tuple[float, float, f
 # The scenes the CI's quality tests edit: held out from training, apart from the evaluation's and the demo's.
 QUALITY_SEED_START = EVAL_SEED_START + 50_000
 QUALITY_SCENES_PER_EVENT = 2
+# A scene counts as improved when the edit removes more than this share of copying's error in the changed region.
+IMPROVED = 0.2
 
 
 def quality_cases() -> list[Case]:
@@ -157,8 +159,9 @@ def quality_cases() -> list[Case]:
 
 @dataclass(frozen=True)
 class QualityRuns:
-    """The quality tests' material: the shipped pipeline's edits of `quality_cases`, the same scenes with the
-    experts swapped, and the VAE round trip of each source (as a still clip)."""
+    """The quality tests' material: the shipped pipeline's edits of `quality_cases`, the first scene of each event
+    again with the experts swapped (they fail by a wide margin: one scene per event tells), and the VAE round trip
+    of each source (as a still clip)."""
 
     shipped: list[SceneEdit]
     swapped: list[SceneEdit]
@@ -169,7 +172,7 @@ def quality_runs(editor: Editor, settings: EditSettings) -> QualityRuns:
     cases = quality_cases()
     shipped = [edit_scene(editor, case, settings, seed=index, frames=True) for index, case in enumerate(cases)]
     with swapped_experts(editor):
-        swapped = [edit_scene(editor, case, settings, seed=index) for index, case in enumerate(cases)]
+        swapped = [edit_scene(editor, case, settings, seed=index) for index, case in enumerate(cases[: len(EVENTS)])]
     still = [np.repeat(render_clip(case)[:1], len(render_clip(case)), axis=0) for case in cases]
     round_trips = [measure(case, vae_round_trip(editor, clip)) for case, clip in zip(cases, still, strict=True)]
     return QualityRuns(shipped, swapped, round_trips)
@@ -178,17 +181,22 @@ def quality_runs(editor: Editor, settings: EditSettings) -> QualityRuns:
 def quality_statistics(runs: QualityRuns) -> dict[str, tuple[np.ndarray, str]]:
     """Per-scene values of what the quality tests compare, and how each is summed up ("mean" or "median"):
 
+    - improved over copying: whether the shipped edit removes more than IMPROVED of copying's error in the changed
+      region, per changing scene (copying the source never does);
     - region gain: of the shipped edits on changing scenes (copying the source has 0 by definition);
-    - gain over swapped experts: the shipped edit's region gain minus the swapped one's, per changing scene;
+    - gain over swapped experts: the shipped edit's region gain minus the swapped one's, per changing scene that
+      was edited both ways;
     - sharpness over blurriest: the output's sharpness over the final clip's blurriest candidate's;
     - background over VAE round trip: the output's background error over the VAE round trip's of the source;
     - success: of the shipped edits on changing scenes."""
     changing = [index for index, edit in enumerate(runs.shipped) if edit.changing]
     shipped, swapped = runs.shipped, runs.swapped
+    gains = np.array([shipped[i].region_gain for i in changing])
     return {
-        "region gain": (np.array([shipped[i].region_gain for i in changing]), "median"),
+        "improved over copying": ((gains > IMPROVED).astype(float), "mean"),
+        "region gain": (gains, "median"),
         "gain over swapped experts": (
-            np.array([shipped[i].region_gain - swapped[i].region_gain for i in changing]),
+            np.array([shipped[i].region_gain - swapped[i].region_gain for i in changing if i < len(swapped)]),
             "mean",
         ),
         "sharpness over blurriest": (np.array([e.sharpness / sharpness(e.blurriest) for e in shipped]), "mean"),
