@@ -110,7 +110,8 @@ def test_a_job_reports_progress_and_ends_with_the_edit(server, scene):
     assert created.json()["status"] in ("queued", "running")
     job = wait_for(server, created.json()["id"], lambda job: job["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded" and job["error"] is None
-    assert job["progress"] == {"step": 3, "total": 3, "stage": "edit"}
+    # The toyworld preset refines: 3 steps of the edit, then 3 of the still video.
+    assert job["progress"] == {"step": 6, "total": 6, "stage": "refine"}
     [item] = job["result"]["data"]
     assert item["ifedit"]["seed"] == 4 and item["ifedit"]["settings"]["num_inference_steps"] == 3
     assert PIL.Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).format == "PNG"
@@ -121,13 +122,14 @@ def test_a_cancelled_job_stops_at_once_and_frees_the_model(server, scene):
     first = wait_for(server, created["id"], lambda job: job["progress"]["step"] >= 1)
     started = time.monotonic()
     running_job = wait_for(server, created["id"], lambda job: job["progress"]["step"] >= first["progress"]["step"] + 3)
-    assert running_job["status"] == "running" and running_job["progress"]["total"] == int(SLOW_STEPS)
+    total = running_job["progress"]["total"]
+    assert running_job["status"] == "running" and total == 2 * int(SLOW_STEPS), "the edit and its refinement"
     step_seconds = (time.monotonic() - started) / (running_job["progress"]["step"] - first["progress"]["step"])
     cancelled = httpx.delete(f"{server}/v1/edits/{created['id']}", timeout=30).json()
     assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
     assert cancelled["result"] is None
     # The model is free again: the next edit does not wait for the hundreds of steps the cancelled one had left.
-    left = (int(SLOW_STEPS) - cancelled["progress"]["step"]) * step_seconds
+    left = (total - cancelled["progress"]["step"]) * step_seconds
     start = time.monotonic()
     assert post_edit(server, scene).status_code == 200
     assert time.monotonic() - start < left / 4
