@@ -85,11 +85,13 @@ def evaluate(editor: Editor, cases: list, overrides: dict | None, wording: str) 
     results = []
     for index, case in enumerate(cases):
         if overrides is None:
-            results.append(measure(case, render_clip(case)[0]))
+            clip = render_clip(case)
+            results.append(measure(case, clip[0], clip=clip))
         elif overrides is ROUND_TRIP:
+            clip = render_clip(case)
             start = time.perf_counter()
-            output = vae_round_trip(editor, render_clip(case))
-            results.append(measure(case, output, time.perf_counter() - start))
+            output = vae_round_trip(editor, clip)
+            results.append(measure(case, output, time.perf_counter() - start, clip=clip))
         elif overrides is REFINED_TARGET:
             results.append(refined_target(editor, case, edit_settings(editor.preset, refine=True), seed=index))
         else:

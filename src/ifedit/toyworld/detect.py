@@ -76,7 +76,7 @@ def score_edit(case: Case, output: np.ndarray, target: np.ndarray) -> EditScore:
     position_error = float(np.hypot(found.x - wanted.x, found.y - wanted.y)) if both else float("nan")
     area_ratio = found.area / wanted.area if wanted.area else 0.0
     size = output.shape[0]
-    untouched = ~(shape_mask(case.moved, size) | shape_mask(case.end, size))
+    untouched = ~changed_region(case, size)
     difference = np.abs(output.astype(np.float32) - target.astype(np.float32)).mean(axis=-1)
     background_error = float(difference[untouched].mean())
     return EditScore(case.event, _success(case, output, found, position_error, area_ratio), position_error,

@@ -53,9 +53,15 @@ def sharpness(image: np.ndarray) -> float:
     return laplacian_variance(torch.tensor(image).permute(2, 0, 1)[None].float() / 255)[0].item()
 
 
-def measure(case: Case, output: np.ndarray, seconds: float = 0.0, blurriest: np.ndarray | None = None) -> SceneEdit:
-    """Score an output of `case` against its target (the last frame of its clip)."""
-    clip = render_clip(case)
+def measure(
+    case: Case,
+    output: np.ndarray,
+    seconds: float = 0.0,
+    blurriest: np.ndarray | None = None,
+    clip: np.ndarray | None = None,
+) -> SceneEdit:
+    """Score an output of `case` against its target (the last frame of its clip, rendered unless given)."""
+    clip = render_clip(case) if clip is None else clip
     score = score_edit(case, output, clip[-1])
     return SceneEdit(
         case=case,
@@ -76,7 +82,8 @@ def edit_scene(
     """Edit the scene's source as `ifedit edit --model toyworld` does (the offline template prompt unless `wording`
     is "raw"); with `frames`, keep the final clip's blurriest candidate too (scored by this module, not the
     pipeline)."""
-    source = render_clip(case)[0]
+    clip = render_clip(case)
+    source = clip[0]
     prompt = case.instruction if wording == "raw" else template_prompt(case.instruction, "instruction")
     start = time.perf_counter()
     result = editor.edit(
@@ -85,17 +92,18 @@ def edit_scene(
     seconds = time.perf_counter() - start
     blurriest = None
     if frames:
-        clip = result.refine_frames if result.refine_frames is not None else result.frames
-        candidates = [np.asarray(frame) for frame in clip[-editor.pipe.vae_scale_factor_temporal :]]
+        final = result.refine_frames if result.refine_frames is not None else result.frames
+        candidates = [np.asarray(frame) for frame in final[-editor.pipe.vae_scale_factor_temporal :]]
         blurriest = min(candidates, key=sharpness)
-    return measure(case, np.asarray(result.image), seconds, blurriest)
+    return measure(case, np.asarray(result.image), seconds, blurriest, clip)
 
 
 def refined_target(editor: Editor, case: Case, settings: EditSettings, seed: int = 0) -> SceneEdit:
     """A probe of refinement alone: the still-video pass run on the scene's true target, as refinement runs on an
     edit's chosen frame (`DEFAULT_REFINE_PROMPT`, the settings' frames, steps and dropout). A perfect edit comes out
     of refinement as this does, so whatever this loses, refinement costs every edit."""
-    target = render_clip(case)[-1]
+    clip = render_clip(case)
+    target = clip[-1]
     still = dataclasses.replace(
         settings,
         refine=False,
@@ -106,7 +114,7 @@ def refined_target(editor: Editor, case: Case, settings: EditSettings, seed: int
     result = editor.edit(
         PIL.Image.fromarray(target), DEFAULT_REFINE_PROMPT, still, prompt=settings.refine_prompt, seed=seed
     ).result
-    return measure(case, np.asarray(result.image), time.perf_counter() - start)
+    return measure(case, np.asarray(result.image), time.perf_counter() - start, clip=clip)
 
 
 @torch.no_grad()
@@ -173,8 +181,11 @@ def quality_runs(editor: Editor, settings: EditSettings) -> QualityRuns:
     shipped = [edit_scene(editor, case, settings, seed=index, frames=True) for index, case in enumerate(cases)]
     with swapped_experts(editor):
         swapped = [edit_scene(editor, case, settings, seed=index) for index, case in enumerate(cases[: len(EVENTS)])]
-    still = [np.repeat(render_clip(case)[:1], len(render_clip(case)), axis=0) for case in cases]
-    round_trips = [measure(case, vae_round_trip(editor, clip)) for case, clip in zip(cases, still, strict=True)]
+    round_trips = []
+    for case in cases:
+        clip = render_clip(case)
+        still = np.repeat(clip[:1], len(clip), axis=0)
+        round_trips.append(measure(case, vae_round_trip(editor, still), clip=clip))
     return QualityRuns(shipped, swapped, round_trips)
 
 

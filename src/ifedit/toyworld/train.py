@@ -237,17 +237,21 @@ def edge_loss(reconstruction: torch.Tensor, clips: torch.Tensor) -> torch.Tensor
 
 def edge_weight(clips: torch.Tensor, weight: float = 10.0, reach: int = 3) -> torch.Tensor:
     """`object_weight` grown by `reach` pixels: the background just around a shape weighs as much as the shape."""
-    saturated = (clips.amax(dim=1, keepdim=True) - clips.amin(dim=1, keepdim=True) > 0.6).float()
     size = 2 * reach + 1
-    grown = F.max_pool3d(saturated, kernel_size=(1, size, size), stride=1, padding=(0, reach, reach))
+    grown = F.max_pool3d(shape_pixels(clips), kernel_size=(1, size, size), stride=1, padding=(0, reach, reach))
     return 1.0 + weight * grown
 
 
 def object_weight(clips: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
     """Per-pixel loss weights: shapes are saturated and backgrounds muted, and shapes cover a few percent of a
     frame, so without extra weight a reconstruction loss is satisfied by the background alone."""
+    return 1.0 + weight * shape_pixels(clips)
+
+
+def shape_pixels(clips: torch.Tensor) -> torch.Tensor:
+    """1 where a pixel is saturated (a shape's colour), else 0, as (B, 1, T, H, W)."""
     saturation = clips.amax(dim=1, keepdim=True) - clips.amin(dim=1, keepdim=True)
-    return 1.0 + weight * (saturation > 0.6).float()
+    return (saturation > 0.6).float()
 
 
 def frame_weight(clips: torch.Tensor, first: float = FIRST_FRAME_WEIGHT) -> torch.Tensor:
