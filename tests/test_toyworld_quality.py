@@ -21,7 +21,7 @@ from ifedit.cli import main
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
 from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, edit_settings, get_preset
-from ifedit.toyworld.evaluate import QUALITY_SEED_START, quality_runs, quality_statistics
+from ifedit.toyworld.evaluate import QUALITY_SEED_START, quality_runs, quality_statistics, swapped_experts
 from ifedit.toyworld.scenes import render_clip, sample_case
 from observe import laplacian_variance_of, recorded_calls
 
@@ -76,6 +76,15 @@ def test_the_preset_edits_with_both_experts_dropout_and_the_sharpest_frame(edito
     for scores, selected in ((result.sharpness, result.selected_index),
                              (result.refine_sharpness, result.refine_selected_index)):  # fmt: skip
         assert selected == max(scores, key=scores.get)
+
+
+def test_swapping_the_experts_for_a_comparison_puts_them_back_even_after_an_error(editor):
+    pipe = editor.pipe
+    high, low = pipe.transformer, pipe.transformer_2
+    with pytest.raises(RuntimeError), swapped_experts(editor):
+        assert pipe.transformer is low and pipe.transformer_2 is high
+        raise RuntimeError("an edit failed")
+    assert pipe.transformer is high and pipe.transformer_2 is low
 
 
 def test_edits_remove_more_of_the_changed_regions_error_than_copying_the_source(statistics):
