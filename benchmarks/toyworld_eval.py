@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ifedit.editor import Editor
+from ifedit.errors import IFEditError
 from ifedit.loading import LoadOptions
 from ifedit.options import FAST_SETTINGS
 from ifedit.presets import edit_settings, resolve_model
@@ -149,9 +151,16 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--save", metavar="FILE", help="also write every scene's result as JSON")
     args = parser.parse_args()
+    if args.scenes < 1:
+        parser.error(f"--scenes must be at least 1, got {args.scenes}")
+    if args.save and not Path(args.save).resolve().parent.is_dir():  # checked now, not after the edits
+        parser.error(f"--save {args.save}: its folder does not exist")
 
     cases = [sample_case(EVAL_SEED_START + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
-    preset = resolve_model(args.model)
+    try:
+        preset = resolve_model(args.model)
+    except IFEditError as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
     editor = Editor(preset, LoadOptions(device="cpu"))
     editor.pipe.set_progress_bar_config(disable=True)
     print(f"{args.scenes} held-out scenes, model {preset.name} ({preset.model_id})")
@@ -175,8 +184,9 @@ def main() -> None:
             ]
             for name in ordered
         }
-        with open(args.save, "w") as file:
-            json.dump(rows, file, allow_nan=True)
+        partial = Path(f"{args.save}.partial")  # a kill while writing leaves no half-written file under the name
+        partial.write_text(json.dumps(rows, allow_nan=True))
+        partial.replace(args.save)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import numpy as np
 
 from ifedit.editor import Editor
+from ifedit.errors import IFEditError
 from ifedit.loading import LoadOptions
 from ifedit.presets import edit_settings, resolve_model
 from ifedit.toyworld.evaluate import bootstrap, measure, quality_runs, quality_statistics
@@ -25,7 +26,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="toyworld", help="toy world pipeline (preset name or folder)")
     args = parser.parse_args()
-    editor = Editor(resolve_model(args.model), LoadOptions(device="cpu"))
+    try:
+        preset = resolve_model(args.model)
+    except IFEditError as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
+    editor = Editor(preset, LoadOptions(device="cpu"))
     editor.pipe.set_progress_bar_config(disable=True)
     runs = quality_runs(editor, edit_settings(editor.preset))
     print(f"{len(runs.shipped)} scenes, model {editor.preset.name} ({editor.preset.model_id})\n")
