@@ -23,8 +23,8 @@ class TrainConfig:
     text_steps: int = 1500  # the text encoder alone first, then frozen (0: it learns with the experts instead)
     text_batch: int = 64
     text_lr: float = 2e-3
-    clips: int = 4000
-    dit_steps: int = 4500
+    clips: int = 8000
+    dit_steps: int = 8000
     dit_batch: int = 16
     dit_lr: float = 1.5e-3  # at 5e-4 the experts had not learned left from right after 4,500 steps
     text_dropout: float = 0.1
