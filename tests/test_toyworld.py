@@ -171,7 +171,8 @@ def test_tokenizer_knows_every_training_word():
 def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
-    config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, edge_steps=2, vae_batch=2, stats_clips=16,
+    config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, edge_steps=2, polish_steps=2, vae_batch=2,
+                         stats_clips=16,
                          clips=16, dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2, text_steps=2,
                          text_batch=4)  # fmt: skip
     messages = []
@@ -186,7 +187,8 @@ def test_training_saves_a_pipeline_that_edits(trained):
     assert any(message.startswith("saved the averaged weights of step 2") for message in messages)
     assert not (out / "snapshot").exists(), "the snapshot is removed once the final weights are saved"
     record = json.loads((out / "training.json").read_text())
-    assert len(record["vae_losses"]) == len(record["decoder_losses"]) == len(record["window_losses"]) == 2
+    stages = ("vae_losses", "decoder_losses", "window_losses", "edge_losses", "polish_losses")
+    assert [len(record[stage]) for stage in stages] == [2] * len(stages)
     assert len(record["expert_losses"]) == 3 and record["config"]["clips"] == 16
     pipe = IFEditPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
@@ -275,7 +277,7 @@ def test_the_decoder_stages_leave_the_encoder_and_so_the_latents_alone(stage):
     vae = build_vae(0)
     encoder = {name: value.clone() for name, value in vae.state_dict().items() if not name.startswith(DECODER_PARTS)}
     decoder = {name: value.clone() for name, value in vae.state_dict().items() if name.startswith(DECODER_PARTS)}
-    config = TrainConfig(decoder_steps=1, window_steps=1, edge_steps=1, vae_batch=1, log_every=1)
+    config = TrainConfig(decoder_steps=1, window_steps=1, edge_steps=1, polish_steps=1, vae_batch=1, log_every=1)
     train_decoder(vae, config, log=lambda message: None, stage=stage)
     after = vae.state_dict()
     assert all(torch.equal(after[name], value) for name, value in encoder.items())

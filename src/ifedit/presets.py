@@ -139,8 +139,8 @@ PRESETS: dict[str, Preset] = {
                 max_area=64 * 64,
                 max_sequence_length=128,  # what the toy model was trained with (toyworld.train.TEXT_SEQUENCE)
                 # The paper's recipe, refinement included: on 110 held-out scenes (README) turning it off is not
-                # better by a margin its 95% interval can tell (success 0.38 against 0.37, paired difference
-                # 0.01 [-0.05, 0.08]), so CI measures the recipe the real models run.
+                # better by a margin its 95% interval can tell (success 0.41 against 0.36, paired difference
+                # 0.05 [-0.04, 0.13]), so CI measures the recipe the real models run.
             ),
             notes="see `ifedit toyworld --help` and `ifedit demo`",
         ),

@@ -37,7 +37,7 @@ def register(commands) -> None:
     sample.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     train = actions.add_parser(
         "train",
-        help="train the toy world's model from scratch (about two hours on 2 CPU cores)",
+        help="train the toy world's model from scratch (about four hours on 2 CPU cores)",
         description="Train the VAE, then its decoder alone, then both experts and the text encoder, with fixed "
         "seeds, and save a pipeline folder that --model accepts. A VAE already in OUT/vae is reused; averaged "
         "expert weights are saved to OUT/snapshot every 1000 steps while training.",

@@ -19,6 +19,8 @@ class TrainConfig:
     window_lr: float = 3e-4
     edge_steps: int = 1500  # then the decoder alone with an edge-aware loss (see train.train_decoder)
     edge_lr: float = 3e-4
+    polish_steps: int = 2000  # then the edge stage again at a lower rate (the round trip kept improving)
+    polish_lr: float = 1e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
     text_steps: int = 1500  # the text encoder alone first, then frozen (0: it learns with the experts instead)
     text_batch: int = 64
