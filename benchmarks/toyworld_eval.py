@@ -68,6 +68,9 @@ SETTINGS: dict[str, tuple[dict | None, str]] = {
     "original positions": ({**ON, "tld_positions": "original"}, "template"),
     "decode needed": ({**ON, "decode_frames": "needed"}, "template"),
     "--fast": ({**ON, **FAST_SETTINGS}, "template"),
+    # Not the paper's: its timed recipe runs Lightning-distilled experts without CFG, as the toy preset does; base
+    # Wan2.2 I2V guides with 3.5, and the toy experts learned an unconditional branch (text dropout 0.1).
+    "guidance 3.5": ({**ON, "guidance_scale": 3.5}, "template"),
 }
 DESCRIPTIONS = {
     "copy": "copy the source",
@@ -80,6 +83,7 @@ DESCRIPTIONS = {
     "K=1": "K=1 (no dropout)",
     "original positions": "original positions after dropout",
     "--fast": "`--fast`",
+    "guidance 3.5": "classifier-free guidance 3.5 (not the paper's recipe)",
 }
 
 
