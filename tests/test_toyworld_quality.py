@@ -3,8 +3,9 @@
 Each test compares the shipped pipeline with a wrong one on the same 22 held-out scenes (`evaluate.quality_cases`,
 seeds training never sees), edited as `ifedit edit --model toyworld` edits them (the preset's settings, the offline
 template prompt), and names the deliberate bugs it catches (`tools/mutants.py` plants them and checks). The margins
-come from `python tools/quality_margins.py`: each sits at or below the low end of the shipped pipeline's bootstrap
-95% interval over the scenes, and above what the wrong pipeline reaches. The mutations each test names are the ones
+come from `python tools/quality_margins.py`: each sits at the safe end of the shipped pipeline's bootstrap 95%
+interval over the scenes (a floor at or below its low end, a ceiling at or above its high end), on the side away
+from what the wrong pipeline reaches. The mutations each test names are the ones
 `tools/mutants.py` measured it to catch on its own. Two bugs are judged by what the pipeline runs instead
 (`test_the_preset_edits_with_both_experts_dropout_and_the_sharpest_frame`), since the edits cannot show them: dropout
 never happening (the toy world, like the paper, edits about as well at K = 3 as at K = 1) and the last latent frame
