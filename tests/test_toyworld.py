@@ -172,9 +172,8 @@ def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
     config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, edge_steps=2, polish_steps=2, vae_batch=2,
-                         stats_clips=16,
-                         clips=16, dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2, text_steps=2,
-                         text_batch=4)  # fmt: skip
+                         stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2,
+                         text_steps=2, text_batch=4)  # fmt: skip
     messages = []
     train(out, config, log=messages.append)
     return out, messages
@@ -270,6 +269,21 @@ def test_the_edge_loss_no_longer_pays_a_decoder_for_drawing_shapes_too_large():
         target, larger, smaller = frame(case, 0), frame(case, 2), frame(case, -2)
         assert reconstruction_loss(larger, target) < reconstruction_loss(smaller, target) / 2
         assert edge_loss(larger, target) >= edge_loss(smaller, target)
+
+
+def test_the_decoder_learns_colour_on_whole_clips_then_edges_on_every_view_the_pipeline_decodes():
+    """Stage order matters: the edge stages come last, on the views the pipeline decodes, each on clips of its own."""
+    stages = list(DECODER_STAGES.values())
+    assert [(stage.view, stage.loss) for stage in stages] == [
+        (decoder_view, reconstruction_loss),
+        (pipeline_view, reconstruction_loss),
+        (pipeline_view, edge_loss),
+        (pipeline_view, edge_loss),
+    ]
+    assert len({stage.seed_offset for stage in stages}) == len(stages), "a stage repeating another's clips"
+    polish, edges = DECODER_STAGES["decoder polish"], DECODER_STAGES["decoder edges"]
+    config = TrainConfig()
+    assert getattr(config, polish.lr_field) < getattr(config, edges.lr_field), "the polish runs at a lower rate"
 
 
 @pytest.mark.parametrize("stage", list(DECODER_STAGES))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -109,16 +110,6 @@ def train_vae(config: TrainConfig, log: Callable[[str], None]) -> tuple[Autoenco
     return vae.eval(), losses
 
 
-# The decoder-only stages, in the order training runs them: name -> (steps and learning-rate fields of TrainConfig,
-# offset of the stage's random seed from the training seed).
-DECODER_STAGES = {
-    "decoder": ("decoder_steps", "decoder_lr", 2),
-    "decoder windows": ("window_steps", "window_lr", 3),
-    "decoder edges": ("edge_steps", "edge_lr", 4),
-    "decoder polish": ("polish_steps", "polish_lr", 5),
-}
-
-
 def train_decoder(
     vae: AutoencoderKLWan,
     config: TrainConfig,
@@ -140,18 +131,16 @@ def train_decoder(
       72% to 80% of the held-out targets."""
     if stage not in DECODER_STAGES:
         raise ValueError(f"unknown decoder stage {stage!r}; choose one of {', '.join(DECODER_STAGES)}")
+    spec = DECODER_STAGES[stage]
     for parameter in vae.parameters():
         parameter.requires_grad_(False)
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for parameter in trained:
         parameter.requires_grad_(True)
-    steps_field, lr_field, seed_offset = DECODER_STAGES[stage]
-    steps, lr = getattr(config, steps_field), getattr(config, lr_field)
+    steps, lr = getattr(config, spec.steps_field), getattr(config, spec.lr_field)
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    rng = np.random.default_rng(config.seed + seed_offset)
-    view = decoder_view if stage == "decoder" else pipeline_view
-    loss_of = edge_loss if stage in ("decoder edges", "decoder polish") else reconstruction_loss
+    rng = np.random.default_rng(config.seed + spec.seed_offset)
     losses: list[float] = []
     start = time.perf_counter()
     vae.train()
@@ -160,8 +149,8 @@ def train_decoder(
         clips = clips_tensor(seeds, VAE_CLIP_FRAMES)
         with torch.no_grad():
             latents = vae.encode(clips).latent_dist.mode()
-        latents, clips = view(latents, clips, rng, vae.config.scale_factor_temporal)
-        loss = loss_of(vae.decode(latents).sample, clips)
+        latents, clips = spec.view(latents, clips, rng, vae.config.scale_factor_temporal)
+        loss = spec.loss(vae.decode(latents).sample, clips)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -264,6 +253,28 @@ def frame_weight(clips: torch.Tensor, first: float = FIRST_FRAME_WEIGHT) -> torc
     weight = torch.ones(1, 1, clips.shape[2], 1, 1)
     weight[:, :, 0] = first
     return weight
+
+
+class DecoderStage(NamedTuple):
+    """One decoder-only stage of `train_decoder`."""
+
+    steps_field: str  # TrainConfig's field for its number of steps
+    lr_field: str  # and for its learning rate
+    seed_offset: int  # its random seed, from the training seed
+    view: Callable  # what it decodes: (latents, clips, rng, temporal) -> (latents, clips)
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    record: str  # its loss curve's key in training.json
+
+
+# The decoder-only stages, in the order training runs them.
+DECODER_STAGES = {
+    "decoder": DecoderStage("decoder_steps", "decoder_lr", 2, decoder_view, reconstruction_loss, "decoder_losses"),
+    "decoder windows": DecoderStage(
+        "window_steps", "window_lr", 3, pipeline_view, reconstruction_loss, "window_losses"
+    ),
+    "decoder edges": DecoderStage("edge_steps", "edge_lr", 4, pipeline_view, edge_loss, "edge_losses"),
+    "decoder polish": DecoderStage("polish_steps", "polish_lr", 5, pipeline_view, edge_loss, "polish_losses"),
+}
 
 
 @torch.no_grad()
@@ -525,9 +536,8 @@ def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], Non
     else:
         vae, joint_losses = train_vae(config, log)
         vae_losses = {"vae_losses": joint_losses}
-        loss_keys = ("decoder_losses", "window_losses", "edge_losses", "polish_losses")
-        for stage, key in zip(DECODER_STAGES, loss_keys, strict=True):
-            vae_losses[key] = train_decoder(vae, config, log, stage)
+        for stage, spec in DECODER_STAGES.items():
+            vae_losses[spec.record] = train_decoder(vae, config, log, stage)
         set_latent_statistics(vae, list(range(config.stats_clips)))
         vae.save_pretrained(vae_folder)
         (out / "vae_losses.json").write_text(json.dumps(vae_losses))
