@@ -159,6 +159,8 @@ def main() -> None:
         parser.error(f"--scenes must be at least 1, got {args.scenes}")
     if args.save and not Path(args.save).resolve().parent.is_dir():  # checked now, not after the edits
         parser.error(f"--save {args.save}: its folder does not exist")
+    if args.save and Path(args.save).is_dir():
+        parser.error(f"--save {args.save}: is a folder; give a file name for the JSON")
 
     cases = [sample_case(EVAL_SEED_START + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
     try:

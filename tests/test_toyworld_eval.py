@@ -44,6 +44,7 @@ def test_bad_input_is_one_line_and_nothing_runs(tmp_path):
         (["--model", str(tmp_path / "missing")], "missing"),
         (["--scenes", "0"], "--scenes must be at least 1"),
         (["--save", str(tmp_path / "no" / "such" / "folder.json")], "its folder does not exist"),
+        (["--save", str(tmp_path)], "is a folder"),
         (["--settings", "K=9"], "invalid choice"),
     ):
         result = run(*args)
