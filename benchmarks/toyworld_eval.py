@@ -23,7 +23,6 @@ refinement pass alone on the true target: what refinement does to a perfect edit
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from ifedit.editor import Editor
 from ifedit.errors import IFEditError
+from ifedit.io import check_writable, save_json
 from ifedit.loading import LoadOptions
 from ifedit.options import FAST_SETTINGS
 from ifedit.presets import edit_settings, resolve_model
@@ -161,6 +161,11 @@ def main() -> None:
         parser.error(f"--save {args.save}: its folder does not exist")
     if args.save and Path(args.save).is_dir():
         parser.error(f"--save {args.save}: is a folder; give a file name for the JSON")
+    if args.save:
+        try:
+            check_writable(Path(args.save).resolve().parent)
+        except IFEditError as error:
+            parser.error(f"--save {args.save}: {error}")
 
     cases = [sample_case(EVAL_SEED_START + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
     try:
@@ -190,9 +195,8 @@ def main() -> None:
             ]
             for name in ordered
         }
-        partial = Path(f"{args.save}.partial")  # a kill while writing leaves no half-written file under the name
-        partial.write_text(json.dumps(rows, allow_nan=True))
-        partial.replace(args.save)
+        # Atomic, through a temporary of its own: a kill leaves no half-written file, two runs never share one.
+        save_json(rows, args.save)
 
 
 if __name__ == "__main__":

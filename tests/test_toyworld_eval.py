@@ -36,7 +36,7 @@ def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(
     assert [[row["seed"] for row in rows] for rows in saved.values()] == [[1_000_000, 1_000_001]] * 3
     guided, plain = saved["guidance 3.5"], saved["recipe"]
     assert [row["sharpness"] for row in guided] != [row["sharpness"] for row in plain], "guidance reached the edits"
-    assert not Path(f"{save}.partial").exists()
+    assert list(tmp_path.iterdir()) == [save], "written in place of a temporary of its own, nothing else left"
 
 
 def test_bad_input_is_one_line_and_nothing_runs(tmp_path):
@@ -45,6 +45,7 @@ def test_bad_input_is_one_line_and_nothing_runs(tmp_path):
         (["--scenes", "0"], "--scenes must be at least 1"),
         (["--save", str(tmp_path / "no" / "such" / "folder.json")], "its folder does not exist"),
         (["--save", str(tmp_path)], "is a folder"),
+        (["--save", "/proc/self/eval.json"], "cannot write into"),  # refused even for root, as a read-only mount
         (["--settings", "K=9"], "invalid choice"),
     ):
         result = run(*args)
