@@ -153,7 +153,12 @@ def main() -> None:
     parser.add_argument("--model", default="toyworld", help="toy world pipeline (preset name or folder)")
     parser.add_argument("--scenes", type=int, default=110, help="held-out scenes, spread evenly over the events")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--save", metavar="FILE", help="also write every scene's result as JSON")
+    parser.add_argument(
+        "--save",
+        metavar="FILE",
+        help="also write every scene's result as JSON (a measure a scene has none of, such as the move error of "
+        "one that moves nothing, is null)",
+    )
     args = parser.parse_args()
     if args.scenes < 1:
         parser.error(f"--scenes must be at least 1, got {args.scenes}")
