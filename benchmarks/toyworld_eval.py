@@ -162,13 +162,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.scenes < 1:
         parser.error(f"--scenes must be at least 1, got {args.scenes}")
-    if args.save and not Path(args.save).resolve().parent.is_dir():  # checked now, not after the edits
+    # Checked now, not after the edits, in the folder the file will be written to: that of the name given, not of
+    # what a link of that name points to (a link is replaced, never written through).
+    if args.save and not Path(args.save).parent.is_dir():
         parser.error(f"--save {args.save}: its folder does not exist")
     if args.save and Path(args.save).is_dir():
         parser.error(f"--save {args.save}: is a folder; give a file name for the JSON")
     if args.save:
         try:
-            check_writable(Path(args.save).resolve().parent)
+            check_writable(Path(args.save).parent)
         except IFEditError as error:
             parser.error(f"--save {args.save}: {error}")
 

@@ -25,6 +25,7 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
 
 def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(tmp_path):
     save = tmp_path / "eval.json"
+    save.symlink_to("/proc/self/eval.json")  # a link out, into a folder nobody can write: replaced, not followed
     result = run("--scenes", "2", "--settings", "guidance 3.5", "copy", "recipe", "--save", str(save))
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
@@ -37,6 +38,7 @@ def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(
     guided, plain = saved["guidance 3.5"], saved["recipe"]
     assert [row["sharpness"] for row in guided] != [row["sharpness"] for row in plain], "guidance reached the edits"
     assert list(tmp_path.iterdir()) == [save], "written in place of a temporary of its own, nothing else left"
+    assert not save.is_symlink()
 
 
 def test_bad_input_is_one_line_and_nothing_runs(tmp_path):
