@@ -41,7 +41,7 @@ from ifedit.toyworld.evaluate import (
     edit_scene,
     measure,
     refined_target,
-    vae_round_trip,
+    vae_round_trips,
 )
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 
@@ -96,7 +96,7 @@ def evaluate(editor: Editor, cases: list, overrides: dict | None, wording: str) 
         elif overrides is ROUND_TRIP:
             clip = render_clip(case)
             start = time.perf_counter()
-            output = vae_round_trip(editor, clip)
+            output = vae_round_trips(editor, clip[None])[0]
             results.append(measure(case, output, time.perf_counter() - start, clip=clip))
         elif overrides is REFINED_TARGET:
             results.append(refined_target(editor, case, edit_settings(editor.preset, refine=True), seed=index))

@@ -22,7 +22,13 @@ from ifedit.cli import main
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
 from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, edit_settings, get_preset
-from ifedit.toyworld.evaluate import QUALITY_SEED_START, quality_runs, quality_statistics, swapped_experts
+from ifedit.toyworld.evaluate import (
+    QUALITY_SEED_START,
+    quality_runs,
+    quality_statistics,
+    swapped_experts,
+    vae_round_trips,
+)
 from ifedit.toyworld.scenes import render_clip, sample_case
 from observe import laplacian_variance_of, recorded_calls
 
@@ -87,6 +93,24 @@ def test_swapping_the_experts_for_a_comparison_puts_them_back_even_after_an_erro
         assert pipe.transformer is low and pipe.transformer_2 is high
         raise RuntimeError("an edit failed")
     assert pipe.transformer is high and pipe.transformer_2 is low
+
+
+def test_round_trips_in_a_batch_match_each_clip_alone_and_return_its_last_frame(editor):
+    """The background comparison's floor is measured in batches; a batch must not change it (beyond a rounding step),
+    and each clip must get its own last frame back."""
+    clips = np.stack(
+        [render_clip(sample_case(QUALITY_SEED_START + i, event)) for i, event in enumerate(("right", "up"))]
+    )
+    together = vae_round_trips(editor, clips)
+    for clip, batched in zip(clips, together, strict=True):
+        alone = vae_round_trips(editor, clip[None])[0]
+        difference = np.abs(batched.astype(int) - alone.astype(int))
+        assert difference.max() <= 1 and np.mean(difference > 0) < 1e-3
+        error = {
+            name: np.abs(batched.astype(int) - clip[index].astype(int)).mean()
+            for name, index in (("first", 0), ("last", -1))
+        }
+        assert error["last"] < error["first"], error
 
 
 def test_edits_remove_more_of_the_changed_regions_error_than_copying_the_source(statistics):
