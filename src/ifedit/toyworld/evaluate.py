@@ -117,18 +117,18 @@ def refined_target(editor: Editor, case: Case, settings: EditSettings, seed: int
     return measure(case, np.asarray(result.image), time.perf_counter() - start, clip=clip)
 
 
-ROUND_TRIP_BATCH = 8  # clips per VAE call in the quality runs' round trips
-
-
 @torch.no_grad()
-def vae_round_trips(editor: Editor, clips: np.ndarray) -> np.ndarray:
+def vae_round_trips(editor: Editor, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """The last frame of each clip in `clips` (N, T, H, W, 3), encoded and decoded with the rest of its clip by the
-    model's VAE, as uint8 (N, H, W, 3). The clips go through the VAE together: on a CPU a batch of eight costs about
-    what two clips one at a time do."""
-    video = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    model's VAE, as uint8 (N, H, W, 3). The clips go through the VAE `batch_size` at a time: on a CPU a batch of
+    eight costs about what two clips one at a time do."""
     vae = editor.pipe.vae
-    decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[:, :, -1]
-    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    outputs = []
+    for start in range(0, len(clips), batch_size):
+        video = torch.from_numpy(clips[start : start + batch_size]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[:, :, -1]
+        outputs.append(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(outputs)
 
 
 @contextlib.contextmanager
@@ -188,8 +188,7 @@ def quality_runs(editor: Editor, settings: EditSettings) -> QualityRuns:
         swapped = [edit_scene(editor, case, settings, seed=index) for index, case in enumerate(cases[: len(EVENTS)])]
     clips = [render_clip(case) for case in cases]
     stills = np.stack([np.repeat(clip[:1], len(clip), axis=0) for clip in clips])
-    batches = [stills[start : start + ROUND_TRIP_BATCH] for start in range(0, len(stills), ROUND_TRIP_BATCH)]
-    outputs = np.concatenate([vae_round_trips(editor, batch) for batch in batches])
+    outputs = vae_round_trips(editor, stills)
     round_trips = [measure(case, output, clip=clip) for case, output, clip in zip(cases, outputs, clips, strict=True)]
     return QualityRuns(shipped, swapped, round_trips)
 
