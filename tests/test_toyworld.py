@@ -32,6 +32,7 @@ from ifedit.toyworld.train import (
     CHANGE_WEIGHT,
     DECODER_STAGES,
     DIT_SEED_START,
+    EXPERT_STAGES,
     TEXT_SEQUENCE,
     change_weight,
     changed_regions,
@@ -39,6 +40,7 @@ from ifedit.toyworld.train import (
     edge_loss,
     encode_dataset,
     encode_text,
+    expert_stage_seeds,
     i2v_condition,
     pipeline_view,
     reconstruction_loss,
@@ -54,7 +56,7 @@ def test_cases_are_pure_functions_of_their_seed():
     assert first == again
     assert np.array_equal(render_clip(first), render_clip(again))
     assert sample_case(EVAL_SEED_START + 6) != first
-    assert DIT_SEED_START + TrainConfig().clips <= EVAL_SEED_START  # training never sees evaluation scenes
+    assert DIT_SEED_START + TrainConfig().clips + TrainConfig().expert_polish_clips <= EVAL_SEED_START  # never seen
 
 
 @pytest.mark.parametrize("event", EVENTS)
@@ -154,6 +156,19 @@ def test_sample_command_writes_the_scene(tmp_path, capsys):
     assert "output exists" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option, value, allowed",
+    [("--polish-steps", "-1", ">= 0"), ("--expert-steps", "0", ">= 1"), ("--clips", "many", ">= 1")],
+)
+def test_train_refuses_a_count_it_cannot_run_before_training(tmp_path, capsys, option, value, allowed):
+    out = tmp_path / "toy"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["toyworld", "train", "--out", str(out), option, value])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not out.exists()
+    assert f"{option}: must be a whole number {allowed}, got '{value}'" in error and "Traceback" not in error
+
+
 def test_the_preset_pads_text_as_training_did():
     assert get_preset("toyworld").recipe.max_sequence_length == TEXT_SEQUENCE
 
@@ -173,7 +188,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
     config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, edge_steps=2, polish_steps=2, vae_batch=2,
                          stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2,
-                         text_steps=2, text_batch=4)  # fmt: skip
+                         text_steps=2, text_batch=4, expert_polish_steps=2, expert_polish_clips=8)  # fmt: skip
     messages = []
     train(out, config, log=messages.append)
     return out, messages
@@ -189,6 +204,8 @@ def test_training_saves_a_pipeline_that_edits(trained):
     stages = ("vae_losses", "decoder_losses", "window_losses", "edge_losses", "polish_losses")
     assert [len(record[stage]) for stage in stages] == [2] * len(stages)
     assert len(record["expert_losses"]) == 3 and record["config"]["clips"] == 16
+    assert any(message.startswith("experts polish step 2/2 loss") for message in messages)
+    assert len(record["expert_polish_losses"]) == 2, "the experts' polish is part of the command"
     pipe = IFEditPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.transformer_2 is not None and pipe.config.boundary_ratio == 0.9
@@ -349,6 +366,41 @@ def test_the_low_noise_expert_also_learns_thinned_clips(trained):
     assert set(seen["transformer"]) == {5}, "the high-noise expert works before the dropout cut: whole clips"
     assert 5 in seen["transformer_2"] and set(seen["transformer_2"]) - {5} <= {2, 3}
     assert len(set(seen["transformer_2"]) - {5}) >= 1
+
+
+def test_each_expert_stage_learns_from_its_own_training_clips():
+    config = TrainConfig(clips=16, expert_polish_clips=8)
+    first, polish = expert_stage_seeds(config, "experts"), expert_stage_seeds(config, "experts polish")
+    assert first == list(range(DIT_SEED_START, DIT_SEED_START + 16))
+    assert polish == list(range(DIT_SEED_START + 16, DIT_SEED_START + 24)), "other clips, right after the first's"
+    shipped = TrainConfig()
+    assert expert_stage_seeds(shipped, "experts polish")[-1] < EVAL_SEED_START, "never an evaluation scene"
+    assert EXPERT_STAGES["experts polish"].seed_offset not in {
+        spec.seed_offset for spec in (*DECODER_STAGES.values(), EXPERT_STAGES["experts"])
+    }, "its own random draws"
+    assert shipped.expert_polish_lr < shipped.dit_lr, "the polish runs at a lower rate"
+    with pytest.raises(ValueError, match="unknown expert stage"):
+        expert_stage_seeds(config, "experts again")
+
+
+def test_the_experts_polish_continues_from_the_weights_it_is_given(trained):
+    """The polish stage starts from the experts as they are (and its average from them), not from scratch: with a
+    vanishing rate its output is its input."""
+    out, _ = trained
+    pipe = IFEditPipeline.from_pretrained(out)
+    for parameter in pipe.text_encoder.parameters():
+        parameter.requires_grad_(False)
+    seeds = list(range(DIT_SEED_START, DIT_SEED_START + 4))
+    data = encode_dataset(pipe, seeds, log=lambda message: None)
+    before = {name: value.clone() for name, value in pipe.transformer_2.state_dict().items()}
+    for lr, changed in ((1e-12, False), (1e-2, True)):
+        config = TrainConfig(expert_polish_steps=2, expert_polish_lr=lr, dit_batch=4, log_every=2, snapshot_every=0)
+        train_experts(
+            pipe, data, [sample_case(seed) for seed in seeds], config, lambda m: None, None, "experts polish"
+        )
+        after = pipe.transformer_2.state_dict()
+        moved = max((after[name] - value).abs().max().item() for name, value in before.items())
+        assert (moved > 1e-6) if changed else (moved < 1e-9), f"rate {lr}: the weights moved by {moved}"
 
 
 def test_the_expert_loss_weighs_where_the_clip_changes():

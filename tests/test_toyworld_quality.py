@@ -12,6 +12,7 @@ never happening (the toy world, like the paper, edits about as well at K = 3 as 
 dropped (the one before it already shows 78-99% of a move).
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,6 +23,7 @@ from ifedit.cli import main
 from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
 from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, edit_settings, get_preset
+from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.evaluate import (
     QUALITY_SEED_START,
     quality_runs,
@@ -60,6 +62,13 @@ def test_the_weights_ship_with_the_package_and_record_their_training():
     assert len(record["edge_losses"]) == config["edge_steps"], "the decoder's edge stage is part of the recipe"
     assert len(record["polish_losses"]) == config["polish_steps"], "so is its second, slower run"
     assert record["expert_losses"][-1] < record["expert_losses"][0] / 4, "the experts' loss fell while they trained"
+    # `ifedit toyworld train` with its defaults is the run that made the shipped weights; settings newer than
+    # them belong to a stage that is off by default.
+    defaults = dataclasses.asdict(TrainConfig())
+    assert {name: config[name] for name in config} == {name: defaults[name] for name in config}
+    newer = set(defaults) - set(config)
+    assert newer <= {"expert_polish_steps", "expert_polish_lr", "expert_polish_clips"}, newer
+    assert not newer or defaults["expert_polish_steps"] == 0, "a stage the shipped weights never ran is off"
 
 
 def test_the_preset_edits_with_both_experts_dropout_and_the_sharpest_frame(editor):

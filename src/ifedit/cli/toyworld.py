@@ -43,12 +43,24 @@ def register(commands) -> None:
         "expert weights are saved to OUT/snapshot every 1000 steps while training.",
     )
     train.add_argument("--out", required=True, help="folder for the trained pipeline")
-    train.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps, help="VAE steps (default: %(default)s)")
     train.add_argument(
-        "--expert-steps", type=int, default=TrainConfig.dit_steps, help="expert steps (default: %(default)s)"
+        "--vae-steps", type=_count(1), default=TrainConfig.vae_steps, help="VAE steps (default: %(default)s)"
     )
     train.add_argument(
-        "--clips", type=int, default=TrainConfig.clips, help="training clips for the experts (default: %(default)s)"
+        "--expert-steps", type=_count(1), default=TrainConfig.dit_steps, help="expert steps (default: %(default)s)"
+    )
+    train.add_argument(
+        "--clips",
+        type=_count(1),
+        default=TrainConfig.clips,
+        help="training clips for the experts (default: %(default)s)",
+    )
+    train.add_argument(
+        "--polish-steps",
+        type=_count(0),
+        default=TrainConfig.expert_polish_steps,
+        help="steps of an optional second, slower expert stage on other clips, from the first stage's "
+        "weights (0: none; the shipped weights have none; default: %(default)s)",
     )
     train.add_argument("--seed", type=int, default=TrainConfig.seed, help="training seed (default: %(default)s)")
     demo = commands.add_parser(
@@ -63,6 +75,21 @@ def register(commands) -> None:
     demo.set_defaults(func=_demo)
 
 
+def _count(minimum: int):
+    """An argparse type: a whole number of at least `minimum` (a one-line usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "sample":
         from ..toyworld.files import write_sample
@@ -74,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from ..toyworld.train import train
 
-    config = TrainConfig(seed=args.seed, vae_steps=args.vae_steps, dit_steps=args.expert_steps, clips=args.clips)
+    config = TrainConfig(
+        seed=args.seed,
+        vae_steps=args.vae_steps,
+        dit_steps=args.expert_steps,
+        clips=args.clips,
+        expert_polish_steps=args.polish_steps,
+    )
     train(Path(args.out), config, log=lambda message: logger.info("%s", message))
     return 0
 
