@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ifedit.editor import Editor
 from ifedit.errors import IFEditError
-from ifedit.io import check_writable, save_json
+from ifedit.io import check_output_path, save_json
 from ifedit.loading import LoadOptions
 from ifedit.options import FAST_SETTINGS
 from ifedit.presets import edit_settings, resolve_model
@@ -162,17 +161,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.scenes < 1:
         parser.error(f"--scenes must be at least 1, got {args.scenes}")
-    # Checked now, not after the edits, in the folder the file will be written to: that of the name given, not of
-    # what a link of that name points to (a link is replaced, never written through).
-    if args.save and not Path(args.save).parent.is_dir():
-        parser.error(f"--save {args.save}: its folder does not exist")
-    if args.save and Path(args.save).is_dir():
-        parser.error(f"--save {args.save}: is a folder; give a file name for the JSON")
+    # Checked now, not after the edits, as every output is, in the folder the file will be written to: that of the
+    # name given, not of what a link of that name points to (a link is replaced, never written through).
     if args.save:
         try:
-            check_writable(Path(args.save).parent)
+            check_output_path(args.save, overwrite=True, suffixes=(".json",))
         except IFEditError as error:
-            parser.error(f"--save {args.save}: {error}")
+            parser.error(f"--save: {error}")
 
     cases = [sample_case(EVAL_SEED_START + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
     try:

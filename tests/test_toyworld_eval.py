@@ -42,11 +42,14 @@ def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(
 
 
 def test_bad_input_is_one_line_and_nothing_runs(tmp_path):
+    (tmp_path / "folder.json").mkdir()
     for args, expected in (
         (["--model", str(tmp_path / "missing")], "missing"),
         (["--scenes", "0"], "--scenes must be at least 1"),
-        (["--save", str(tmp_path / "no" / "such" / "folder.json")], "its folder does not exist"),
-        (["--save", str(tmp_path)], "is a folder"),
+        (["--save", str(tmp_path / "no" / "such" / "folder.json")], "output folder does not exist"),
+        (["--save", str(tmp_path / "table.txt")], "must end in one of .json"),
+        (["--save", str(tmp_path)], "must end in one of .json"),
+        (["--save", str(tmp_path / "folder.json")], "is a folder"),
         (["--save", "/proc/self/eval.json"], "cannot write into"),  # refused even for root, as a read-only mount
         (["--settings", "K=9"], "invalid choice"),
     ):
