@@ -70,6 +70,8 @@ SETTINGS: dict[str, tuple[dict | None, str]] = {
     # Not the paper's: its timed recipe runs Lightning-distilled experts without CFG, as the toy preset does; base
     # Wan2.2 I2V guides with 3.5, and the toy experts learned an unconditional branch (text dropout 0.1).
     "guidance 3.5": ({**ON, "guidance_scale": 3.5}, "template"),
+    # Guidance where the motion is laid out (the high-noise expert), none where the detail is drawn.
+    "guidance 2, high-noise": ({**ON, "guidance_scale": 2.0, "guidance_scale_2": 1.0}, "template"),
 }
 DESCRIPTIONS = {
     "copy": "copy the source",
@@ -83,6 +85,7 @@ DESCRIPTIONS = {
     "original positions": "original positions after dropout",
     "--fast": "`--fast`",
     "guidance 3.5": "classifier-free guidance 3.5 (not the paper's recipe)",
+    "guidance 2, high-noise": "guidance 2 on the high-noise expert alone (not the paper's recipe)",
 }
 
 

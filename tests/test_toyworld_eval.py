@@ -26,17 +26,20 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
 def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(tmp_path):
     save = tmp_path / "eval.json"
     save.symlink_to("/proc/self/eval.json")  # a link out, into a folder nobody can write: replaced, not followed
-    result = run("--scenes", "2", "--settings", "guidance 3.5", "copy", "recipe", "--save", str(save))
+    result = run(
+        "--scenes", "2", "--settings", "guidance 2, high-noise", "guidance 3.5", "copy", "recipe", "--save", str(save)
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
     recipe = next(name for name in rows if name.startswith("the paper's recipe"))
     assert rows[recipe][1] == "0.00 [0.00, 0.00]", "the recipe paired with itself"
     assert rows["copy the source"][0].startswith("0.00"), "copying meets no moved shape's target"
     saved = json.loads(save.read_text())
-    assert list(saved) == ["copy", "recipe", "guidance 3.5"]  # the table's order, whatever order was asked for
-    assert [[row["seed"] for row in rows] for rows in saved.values()] == [[1_000_000, 1_000_001]] * 3
-    guided, plain = saved["guidance 3.5"], saved["recipe"]
-    assert [row["sharpness"] for row in guided] != [row["sharpness"] for row in plain], "guidance reached the edits"
+    assert list(saved) == ["copy", "recipe", "guidance 3.5", "guidance 2, high-noise"]  # the table's order
+    assert [[row["seed"] for row in rows] for rows in saved.values()] == [[1_000_000, 1_000_001]] * 4
+    sharpness = {name: [row["sharpness"] for row in saved[name]] for name in saved}
+    assert sharpness["guidance 3.5"] != sharpness["recipe"], "guidance reached the edits"
+    assert sharpness["guidance 2, high-noise"] not in (sharpness["recipe"], sharpness["guidance 3.5"]), "its own"
     assert list(tmp_path.iterdir()) == [save], "written in place of a temporary of its own, nothing else left"
     assert not save.is_symlink()
 
