@@ -47,6 +47,21 @@ def finite_float(text: str) -> float:
     return value
 
 
+def whole_number(minimum: int):
+    """argparse type: a whole number of at least `minimum`, for counts a command cannot run with fewer of."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def add_model_and_sampling_arguments(
     parser: argparse.ArgumentParser, seed_help: str = "random seed (default: a new one, recorded in the JSON)"
 ) -> None:

@@ -11,7 +11,7 @@ from ..options import check_seed
 from ..presets import resolve_model
 from ..toyworld.config import TrainConfig
 from ..toyworld.scenes import EVENTS
-from .options import Parser, quiet_libraries
+from .options import Parser, quiet_libraries, whole_number
 
 logger = logging.getLogger("ifedit")
 
@@ -44,20 +44,23 @@ def register(commands) -> None:
     )
     train.add_argument("--out", required=True, help="folder for the trained pipeline")
     train.add_argument(
-        "--vae-steps", type=_count(1), default=TrainConfig.vae_steps, help="VAE steps (default: %(default)s)"
+        "--vae-steps", type=whole_number(1), default=TrainConfig.vae_steps, help="VAE steps (default: %(default)s)"
     )
     train.add_argument(
-        "--expert-steps", type=_count(1), default=TrainConfig.dit_steps, help="expert steps (default: %(default)s)"
+        "--expert-steps",
+        type=whole_number(1),
+        default=TrainConfig.dit_steps,
+        help="expert steps (default: %(default)s)",
     )
     train.add_argument(
         "--clips",
-        type=_count(1),
+        type=whole_number(1),
         default=TrainConfig.clips,
         help="training clips for the experts (default: %(default)s)",
     )
     train.add_argument(
         "--polish-steps",
-        type=_count(0),
+        type=whole_number(0),
         default=TrainConfig.expert_polish_steps,
         help="steps of an optional second, slower expert stage on other clips, from the first stage's "
         "weights (0: none; the shipped weights have none; default: %(default)s)",
@@ -73,21 +76,6 @@ def register(commands) -> None:
     demo.add_argument("--model", default="toyworld", help="the toy world model (default: the installed one)")
     demo.add_argument("--overwrite", action="store_true", help="replace the picture if it exists")
     demo.set_defaults(func=_demo)
-
-
-def _count(minimum: int):
-    """An argparse type: a whole number of at least `minimum` (a one-line usage error otherwise)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
-        return value
-
-    return parse
 
 
 def run(args: argparse.Namespace) -> int:

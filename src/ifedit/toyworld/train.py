@@ -443,6 +443,7 @@ def train_experts(
     dropout happens at the boundary, so after it the low-noise expert only ever sees thinned clips, and one trained
     on whole clips alone was measured to leave blobs and smeared shapes on them (last-frame error 26-32 at K = 3
     against 7-10 at K = 1)."""
+    spec = expert_stage(stage)
     experts = {"transformer": pipe.transformer, "transformer_2": pipe.transformer_2}
     # A pretrained text encoder comes frozen; one still trainable learns with the experts.
     trained = dict(experts)
@@ -452,9 +453,6 @@ def train_experts(
         module.train()
     averages = {name: copy.deepcopy(module).eval() for name, module in trained.items()}
     parameters = [parameter for module in trained.values() for parameter in module.parameters()]
-    if stage not in EXPERT_STAGES:
-        raise ValueError(f"unknown expert stage {stage!r}; choose one of {', '.join(EXPERT_STAGES)}")
-    spec = EXPERT_STAGES[stage]
     steps, lr = getattr(config, spec.steps_field), getattr(config, spec.lr_field)
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.03)
@@ -532,18 +530,21 @@ EXPERT_STAGES = {
 }
 
 
+def expert_stage(stage: str) -> ExpertStage:
+    if stage not in EXPERT_STAGES:
+        raise ValueError(f"unknown expert stage {stage!r}; choose one of {', '.join(EXPERT_STAGES)}")
+    return EXPERT_STAGES[stage]
+
+
 def expert_stage_seeds(config: TrainConfig, stage: str) -> list[int]:
     """The seeds of the clips an expert stage learns from: the stages' clips follow each other from DIT_SEED_START,
     all below EVAL_SEED_START."""
-    start = DIT_SEED_START
-    for name, spec in EXPERT_STAGES.items():
-        count = getattr(config, spec.clips_field)
-        if name == stage:
-            seeds = list(range(start, start + count))
-            assert not seeds or seeds[-1] < EVAL_SEED_START
-            return seeds
-        start += count
-    raise ValueError(f"unknown expert stage {stage!r}; choose one of {', '.join(EXPERT_STAGES)}")
+    spec, names = expert_stage(stage), list(EXPERT_STAGES)
+    earlier = names[: names.index(stage)]
+    start = DIT_SEED_START + sum(getattr(config, EXPERT_STAGES[name].clips_field) for name in earlier)
+    seeds = list(range(start, start + getattr(config, spec.clips_field)))
+    assert not seeds or seeds[-1] < EVAL_SEED_START
+    return seeds
 
 
 def _save_averaged(pipe: IFEditPipeline, averages: dict, folder: Path | None) -> None:
