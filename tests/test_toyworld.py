@@ -156,6 +156,17 @@ def test_sample_command_writes_the_scene(tmp_path, capsys):
     assert "output exists" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, error", [("--seed", "-5", "seed must be"), ("--out", "file", "is a file")])
+def test_train_refuses_a_seed_or_folder_it_cannot_use_before_training(tmp_path, capsys, option, value, error):
+    out, file = tmp_path / "toy", tmp_path / "file"
+    file.write_text("kept")
+    arguments = {"--out": str(out), option: str(file) if value == "file" else value}
+    assert main(["toyworld", "train", *[part for pair in arguments.items() for part in pair]]) == 2
+    message = capsys.readouterr().err
+    assert error in message and "Traceback" not in message and len(message.strip().splitlines()) == 1
+    assert not out.exists() and file.read_text() == "kept"
+
+
 @pytest.mark.parametrize(
     "option, value, allowed",
     [("--polish-steps", "-1", ">= 0"), ("--expert-steps", "0", ">= 1"), ("--clips", "many", ">= 1")],

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..errors import InvalidInputError
 from ..io import check_output_path
 from ..options import check_seed
 from ..presets import resolve_model
@@ -86,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         for path in write_sample(args.seed, Path(args.out), args.event, args.overwrite):
             print(path)
         return 0
+    check_seed(args.seed)  # numpy's generators refuse a negative seed, an hour into training
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; name a folder for the trained pipeline")
     quiet_libraries()
     from ..toyworld.train import train
 
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         clips=args.clips,
         expert_polish_steps=args.polish_steps,
     )
-    train(Path(args.out), config, log=lambda message: logger.info("%s", message))
+    train(out, config, log=lambda message: logger.info("%s", message))
     return 0
 
 
