@@ -67,25 +67,25 @@ SETTINGS: dict[str, tuple[dict | None, str]] = {
     "original positions": ({**ON, "tld_positions": "original"}, "template"),
     "decode needed": ({**ON, "decode_frames": "needed"}, "template"),
     "--fast": ({**ON, **FAST_SETTINGS}, "template"),
-    # Not the paper's: its timed recipe runs Lightning-distilled experts without CFG, as the toy preset does; base
-    # Wan2.2 I2V guides with 3.5, and the toy experts learned an unconditional branch (text dropout 0.1).
-    "guidance 3.5": ({**ON, "guidance_scale": 3.5}, "template"),
-    # Guidance where the motion is laid out (the high-noise expert), none where the detail is drawn.
-    "guidance 2, high-noise": ({**ON, "guidance_scale": 2.0, "guidance_scale_2": 1.0}, "template"),
+    # The preset guides the high-noise expert alone (2; the toy experts learned an unconditional branch with text
+    # dropout 0.1). The paper's timed recipe runs Lightning-distilled experts without guidance; base Wan2.2 I2V
+    # guides both experts with 3.5.
+    "no guidance": ({**ON, "guidance_scale": 1.0, "guidance_scale_2": 1.0}, "template"),
+    "guidance 3.5": ({**ON, "guidance_scale": 3.5, "guidance_scale_2": 3.5}, "template"),
 }
 DESCRIPTIONS = {
     "copy": "copy the source",
     "VAE round trip": "VAE round trip (ceiling)",
     "refined target": "refinement alone, of the true target (probe)",
-    RECIPE: "**the paper's recipe: K=3, threshold 0.9, refinement, template prompt**",
+    RECIPE: "**the recipe: the paper's K=3, threshold 0.9, refinement, template prompt; guidance 2, high-noise**",
     "no refinement": "no refinement",
     "short refinement": "short refinement (5 frames, strength 0.5)",
     "raw instruction": "raw instruction as the prompt",
     "K=1": "K=1 (no dropout)",
     "original positions": "original positions after dropout",
     "--fast": "`--fast`",
-    "guidance 3.5": "classifier-free guidance 3.5 (not the paper's recipe)",
-    "guidance 2, high-noise": "guidance 2 on the high-noise expert alone (not the paper's recipe)",
+    "no guidance": "no guidance (as the paper's distilled experts)",
+    "guidance 3.5": "guidance 3.5 on both experts (base Wan2.2's)",
 }
 
 

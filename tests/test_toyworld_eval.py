@@ -27,19 +27,19 @@ def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(
     save = tmp_path / "eval.json"
     save.symlink_to("/proc/self/eval.json")  # a link out, into a folder nobody can write: replaced, not followed
     result = run(
-        "--scenes", "2", "--settings", "guidance 2, high-noise", "guidance 3.5", "copy", "recipe", "--save", str(save)
+        "--scenes", "2", "--settings", "guidance 3.5", "no guidance", "copy", "recipe", "--save", str(save)
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
-    recipe = next(name for name in rows if name.startswith("the paper's recipe"))
+    recipe = next(name for name in rows if name.startswith("the recipe"))
     assert rows[recipe][1] == "0.00 [0.00, 0.00]", "the recipe paired with itself"
     assert rows["copy the source"][0].startswith("0.00"), "copying meets no moved shape's target"
     saved = json.loads(save.read_text())
-    assert list(saved) == ["copy", "recipe", "guidance 3.5", "guidance 2, high-noise"]  # the table's order
+    assert list(saved) == ["copy", "recipe", "no guidance", "guidance 3.5"]  # the table's order
     assert [[row["seed"] for row in rows] for rows in saved.values()] == [[1_000_000, 1_000_001]] * 4
     sharpness = {name: [row["sharpness"] for row in saved[name]] for name in saved}
-    assert sharpness["guidance 3.5"] != sharpness["recipe"], "guidance reached the edits"
-    assert sharpness["guidance 2, high-noise"] not in (sharpness["recipe"], sharpness["guidance 3.5"]), "its own"
+    assert sharpness["no guidance"] != sharpness["recipe"], "the preset's guidance reached the edits"
+    assert sharpness["guidance 3.5"] not in (sharpness["recipe"], sharpness["no guidance"]), "its own"
     assert list(tmp_path.iterdir()) == [save], "written in place of a temporary of its own, nothing else left"
     assert not save.is_symlink()
 

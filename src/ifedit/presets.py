@@ -133,7 +133,13 @@ PRESETS: dict[str, Preset] = {
             fps=8,
             recipe=EditSettings(
                 num_inference_steps=12,
-                guidance_scale=1.0,
+                # Classifier-free guidance on the high-noise expert alone, where the motion is laid out: the toy
+                # experts are not distilled (the paper's guidance 1 belongs to its Lightning LoRA) and learned an
+                # unconditional branch. On 110 held-out scenes (README) it meets more targets than guidance 1
+                # (paired difference 0.13 [0.04, 0.22]) at the same background error; guiding the low-noise expert
+                # too adds background error instead.
+                guidance_scale=2.0,
+                guidance_scale_2=1.0,
                 sigma_schedule="uniform",
                 num_frames=17,
                 max_area=64 * 64,
