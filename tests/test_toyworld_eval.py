@@ -31,8 +31,11 @@ def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
-    recipe = next(name for name in rows if name.startswith("the recipe"))
-    assert rows[recipe][1] == "0.00 [0.00, 0.00]", "the recipe paired with itself"
+    recipe = next(name for name in rows if name.startswith("the paper's recipe"))
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| setting"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    for paired in ("vs recipe", "gain vs recipe"):
+        assert rows[recipe][columns.index(paired)] == "0.00 [0.00, 0.00]", f"the recipe paired with itself: {paired}"
     assert rows["copy the source"][0].startswith("0.00"), "copying meets no moved shape's target"
     saved = json.loads(save.read_text())
     assert list(saved) == ["copy", "recipe", "no guidance", "guidance 3.5"]  # the table's order

@@ -35,10 +35,10 @@ from ifedit.toyworld.scenes import render_clip, sample_case
 from observe import laplacian_variance_of, recorded_calls
 
 # Measured with tools/quality_margins.py on the shipped weights, as value [bootstrap 95% interval over the scenes]:
-MIN_IMPROVED_SHARE = 0.4  # 0.60 [0.40, 0.80] of changing scenes improved by more than 20%; copying the source: 0
-MIN_GAIN_OVER_SWAPPED = 1.6  # mean region gain over the swapped experts': 4.35 [1.66, 7.25]; no difference: 0
-MIN_SHARPNESS_OVER_BLURRIEST = 1.22  # output over blurriest candidate: 1.29 [1.22, 1.39]; the blurriest itself: 1
-MAX_BACKGROUND_OVER_ROUND_TRIP = 2.88  # background error over the VAE round trip's: 2.42 [2.02, 2.88]
+MIN_IMPROVED_SHARE = 0.5  # 0.70 [0.50, 0.90] of changing scenes improved by more than 20%; copying the source: 0
+MIN_GAIN_OVER_SWAPPED = 0.58  # mean region gain over the swapped experts': 1.78 [0.58, 3.49]; no difference: 0
+MIN_SHARPNESS_OVER_BLURRIEST = 1.28  # output over blurriest candidate: 1.35 [1.29, 1.42]; the blurriest itself: 1
+MAX_BACKGROUND_OVER_ROUND_TRIP = 2.42  # background error over the VAE round trip's: 1.96 [1.55, 2.42]
 
 
 @pytest.fixture(scope="module")
@@ -76,25 +76,22 @@ def test_the_preset_edits_with_both_experts_dropout_and_the_sharpest_frame(edito
 
     17 frames are 5 latent frames, K = 3 keeps 0, 3 and 4; the uniform 12-step grid at shift 5 has five steps at or
     above the boundary t = 900, where the high-noise expert runs on the whole clip, guided (a conditional and an
-    unconditional call); the low-noise expert runs unguided. Refinement runs the same again on a still clip of the
-    chosen frame.
+    unconditional call); the low-noise expert runs unguided. The preset has no refinement pass (the README's table
+    shows it costs the toy world region gain), so the edit pass's sharpest candidate is the output.
     """
     case = sample_case(QUALITY_SEED_START, "right")
     source = PIL.Image.fromarray(render_clip(case)[0])
     with recorded_calls(editor.pipe) as calls:
         result = editor.edit(source, case.instruction, edit_settings(editor.preset), seed=0).result
-    assert (editor.preset.recipe.guidance_scale, editor.preset.recipe.guidance_scale_2) == (2.0, 1.0)
+    recipe = editor.preset.recipe
+    assert (recipe.guidance_scale, recipe.guidance_scale_2, recipe.refine) == (2.0, 1.0, False)
     one_pass = [("transformer", 5)] * 2 * 5 + [("transformer_2", 3)] * 7
     assert [(call.stage, call.expert, call.frames) for call in calls] == [
-        (stage, expert, frames) for stage in ("edit", "refine") for expert, frames in one_pass
+        ("edit", expert, frames) for expert, frames in one_pass
     ]
-    assert result.kept_latent_frames == result.refine_kept_latent_frames == [0, 3, 4]
-    assert laplacian_variance_of(np.asarray(result.image)) == pytest.approx(
-        max(result.refine_sharpness.values()), rel=1e-4
-    )
-    for scores, selected in ((result.sharpness, result.selected_index),
-                             (result.refine_sharpness, result.refine_selected_index)):  # fmt: skip
-        assert selected == max(scores, key=scores.get)
+    assert result.kept_latent_frames == [0, 3, 4] and result.refine_kept_latent_frames is None
+    assert laplacian_variance_of(np.asarray(result.image)) == pytest.approx(max(result.sharpness.values()), rel=1e-4)
+    assert result.selected_index == max(result.sharpness, key=result.sharpness.get)
 
 
 def test_swapping_the_experts_for_a_comparison_puts_them_back_even_after_an_error(editor):
