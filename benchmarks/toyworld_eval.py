@@ -111,11 +111,10 @@ def evaluate(editor: Editor, cases: list, overrides: dict | None, wording: str) 
 def paired_difference(
     results: list[SceneEdit], reference: list[SceneEdit], measure: str = "success", statistic=np.mean
 ) -> tuple[float, float, float]:
-    """A measure minus the reference's on the same scenes (the changing ones for the region gain), summed by
-    `statistic`, with a paired bootstrap 95% interval."""
-    pairs = [(a, b) for a, b in zip(results, reference, strict=True) if measure != "region_gain" or a.changing]
-    difference = np.array([getattr(a, measure) for a, _ in pairs], float)
-    difference -= np.array([getattr(b, measure) for _, b in pairs], float)
+    """A measure minus the reference's on the same scenes, summed by `statistic`, with a paired bootstrap 95%
+    interval (`bootstrap` drops the scenes where the measure is nan, as the region gain is where nothing changes)."""
+    difference = np.array([getattr(a, measure) for a in results], float)
+    difference -= np.array([getattr(b, measure) for b in reference], float)
     return bootstrap(difference, statistic)
 
 
