@@ -37,6 +37,10 @@ def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(
     for paired in ("vs recipe", "gain vs recipe"):
         assert rows[recipe][columns.index(paired)] == "0.00 [0.00, 0.00]", f"the recipe paired with itself: {paired}"
     assert rows["copy the source"][0].startswith("0.00"), "copying meets no moved shape's target"
+    # Copying gains 0 on every scene, so its paired gain is minus the recipe's (the median of the negated gains).
+    copy_gain = float(rows["copy the source"][columns.index("gain vs recipe")].split()[0])
+    recipe_gain = float(rows[recipe][columns.index("region gain (median)")].strip("*").split()[0])
+    assert copy_gain == -recipe_gain != 0, (copy_gain, recipe_gain)
     saved = json.loads(save.read_text())
     assert list(saved) == ["copy", "recipe", "no guidance", "guidance 3.5"]  # the table's order
     assert [[row["seed"] for row in rows] for rows in saved.values()] == [[1_000_000, 1_000_001]] * 4
