@@ -4,7 +4,6 @@ source inside the data folder, a bad case fails alone, one run holds a folder, d
 import gc
 import json
 import multiprocessing
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from ifedit.bench.cases import MAX_JSON_BYTES, EditCase
 from ifedit.bench.layout import RunFolder
 from ifedit.cli import EXIT_CASES_FAILED, main
 from ifedit.errors import InvalidInputError
+from lock_holder import lock_held_elsewhere
 
 
 def _run(benchmark, data, out, model, *extra):
@@ -297,18 +297,9 @@ def test_runs_racing_to_take_over_a_dead_runs_lock_never_hold_the_folder_togethe
 
 def test_a_run_killed_with_sigkill_leaves_a_lock_the_next_run_takes(tmp_path, tiny_dirs, capsys):
     data, out = risebench(tmp_path / "data"), tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from ifedit.bench.layout import RunFolder\n"
-         "with RunFolder(sys.argv[1]).claimed():\n    print('held', flush=True); time.sleep(120)", str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with lock_held_elsewhere(out) as holder:
         assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "1") == 2
         assert f"is in use by another run (process {holder.pid} on " in _one_line_error(capsys)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     assert (out / ".lock").read_text().split()[0] == str(holder.pid)  # left behind by the killed run
     assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "1") == 0
     assert not (out / ".lock").exists()

@@ -10,6 +10,7 @@ import torch
 
 from ifedit import IFEditPipeline
 from ifedit.cli import main
+from ifedit.errors import InvalidInputError
 from ifedit.presets import PRESETS, get_preset, resolve_model
 from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, region_error_reduction, score_edit
@@ -47,8 +48,10 @@ from ifedit.toyworld.train import (
     train,
     train_decoder,
     train_experts,
+    trained_vae,
     weighted_mse,
 )
+from lock_holder import lock_held_elsewhere
 
 
 def test_cases_are_pure_functions_of_their_seed():
@@ -156,11 +159,16 @@ def test_sample_command_writes_the_scene(tmp_path, capsys):
     assert "output exists" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option, value, error", [("--seed", "-5", "seed must be"), ("--out", "file", "is a file")])
+@pytest.mark.parametrize(
+    "option, value, error",
+    [("--seed", "-5", "seed must be"), ("--out", "file", "is a file"),
+     ("--out", "under a file", "cannot create the output folder")],
+)  # fmt: skip
 def test_train_refuses_a_seed_or_folder_it_cannot_use_before_training(tmp_path, capsys, option, value, error):
     out, file = tmp_path / "toy", tmp_path / "file"
     file.write_text("kept")
-    arguments = {"--out": str(out), option: str(file) if value == "file" else value}
+    named = {"file": str(file), "under a file": str(file / "toy")}
+    arguments = {"--out": str(out), option: named.get(value, value)}
     assert main(["toyworld", "train", *[part for pair in arguments.items() for part in pair]]) == 2
     message = capsys.readouterr().err
     assert error in message and "Traceback" not in message and len(message.strip().splitlines()) == 1
@@ -193,15 +201,17 @@ def test_tokenizer_knows_every_training_word():
         assert unknown not in tokenizer(case.caption).input_ids, case.caption
 
 
+FEW_STEPS = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, edge_steps=2, polish_steps=2, vae_batch=2,
+                        stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2,
+                        text_steps=2, text_batch=4, expert_polish_steps=2, expert_polish_clips=8)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A few steps of the real training command: enough to check the mechanics, not the quality."""
     out = tmp_path_factory.mktemp("toy")
-    config = TrainConfig(vae_steps=2, decoder_steps=2, window_steps=2, edge_steps=2, polish_steps=2, vae_batch=2,
-                         stats_clips=16, clips=16, dit_steps=3, dit_batch=4, log_every=1, snapshot_every=2,
-                         text_steps=2, text_batch=4, expert_polish_steps=2, expert_polish_clips=8)  # fmt: skip
     messages = []
-    train(out, config, log=messages.append)
+    train(out, FEW_STEPS, log=messages.append)
     return out, messages
 
 
@@ -211,6 +221,10 @@ def test_training_saves_a_pipeline_that_edits(trained):
     assert any(message.startswith("experts step 3/3 loss") for message in messages)
     assert any(message.startswith("saved the averaged weights of step 2") for message in messages)
     assert not (out / "snapshot").exists(), "the snapshot is removed once the final weights are saved"
+    saves = [message for message in messages if message.startswith("saved the averaged weights")]
+    assert len(saves) == 2, "one snapshot per expert stage: the second replaces the first"
+    hidden = sorted(path.name for path in out.iterdir() if path.name.startswith("."))
+    assert hidden == [], f"left behind: {hidden} (the lock, a partial VAE or snapshot)"
     record = json.loads((out / "training.json").read_text())
     stages = ("vae_losses", "decoder_losses", "window_losses", "edge_losses", "polish_losses")
     assert [len(record[stage]) for stage in stages] == [2] * len(stages)
@@ -447,3 +461,52 @@ def test_the_pretrained_text_encoder_stays_frozen_while_the_experts_learn(traine
     train_experts(pipe, data, [sample_case(seed) for seed in seeds], config, log=lambda message: None)
     assert all(torch.equal(pipe.text_encoder.state_dict()[name], value) for name, value in before.items())
     assert not torch.equal(pipe.transformer.state_dict()["proj_out.weight"], experts_before)
+
+
+def test_training_into_a_finished_folder_is_refused_and_leaves_it_alone(trained):
+    out, _ = trained
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    with pytest.raises(InvalidInputError, match=r"already holds a trained pipeline \(training.json\); choose another"):
+        train(out, FEW_STEPS, log=print)  # a few steps: a regression here must not start hours of training
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
+    """Two runs into one folder would interleave their VAE, snapshots and record; the second is refused, naming
+    the first, before it trains anything."""
+    out = tmp_path / "toy"
+    out.mkdir()
+    with lock_held_elsewhere(out) as holder:
+        with pytest.raises(InvalidInputError, match=f"is in use by another run \\(process {holder.pid} on "):
+            train(out, FEW_STEPS, log=print)  # a few steps: a regression here must not start hours of training
+        assert sorted(path.name for path in out.iterdir()) == [".lock"]
+
+
+TINY_VAE = TrainConfig(vae_steps=1, decoder_steps=1, window_steps=1, edge_steps=1, polish_steps=1, vae_batch=1,
+                       stats_clips=2, log_every=1)  # fmt: skip
+
+
+def test_a_rerun_reuses_a_whole_saved_vae_and_never_half_of_one(tmp_path):
+    out = tmp_path / "toy"
+    out.mkdir()
+    # What a run killed while saving leaves: a partial save, and a VAE folder without its loss curves.
+    (out / ".vae.partial").mkdir()
+    (out / "vae").mkdir()
+    (out / "vae" / "config.json").write_text("{}")
+    messages = []
+    vae, losses = trained_vae(out, TINY_VAE, messages.append)
+    assert not any(message.startswith("reusing") for message in messages), "a VAE without its losses is retrained"
+    assert sorted(path.name for path in out.iterdir()) == ["vae", "vae_losses.json"]
+    assert list(losses) == ["vae_losses", *(spec.record for spec in DECODER_STAGES.values())]
+
+    messages = []
+    again, same_losses = trained_vae(out, TINY_VAE, messages.append)
+    assert messages == [f"reusing the trained VAE in {out / 'vae'}"] and same_losses == losses
+    for (name, tensor), (_, reused) in zip(vae.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(tensor, reused), name
+    assert again.config.latents_mean == vae.config.latents_mean
+
+    weights = next((out / "vae").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # a disk that filled up, a copy cut short
+    with pytest.raises(InvalidInputError, match=r"cannot be read \(.*\); remove .*vae to train it again"):
+        trained_vae(out, TINY_VAE, messages.append)

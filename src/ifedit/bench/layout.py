@@ -14,10 +14,6 @@ Every name in it is checked (`cases.safe_name`) and every write lands inside DIR
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import socket
-import stat
 import traceback
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -27,15 +23,14 @@ from typing import Any
 import PIL.Image
 
 from ..errors import InvalidInputError
+from ..folder_lock import LOCK, folder_locked
 from ..io import save_image, save_json
 from ..redact import strip_control
 from .benchmarks import get_benchmark
 from .cases import EditCase, read_json, safe_name
 
 MANIFEST = "manifest.json"
-LOCK = ".lock"
 SUBFOLDERS = ("images", "records", "failures")
-LOCK_ATTEMPTS = 20  # each retry means a run released the lock meanwhile; this many in a row means something is wrong
 
 
 def output_relpath(case: EditCase) -> Path:
@@ -92,7 +87,6 @@ class RunFolder:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
-        self._lock_handle: int | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -132,8 +126,7 @@ class RunFolder:
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(f"--out {self.root} exists and is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock()
-        try:
+        with folder_locked(self.root):
             if not self.manifest_path.exists() and any(map(self._foreign, self.root.iterdir())):
                 raise InvalidInputError(
                     f"--out {self.root} is not empty and holds no run ({MANIFEST}); choose an empty or new folder"
@@ -152,63 +145,12 @@ class RunFolder:
                 if leftover.is_file():
                     leftover.unlink()
             yield
-        finally:
-            self._unlock()
 
     def _foreign(self, path: Path) -> bool:
         """Whether `path`, inside a folder without a manifest, is something other than this layout's empty start."""
         if path.name == LOCK:
             return False
         return not (path.name in SUBFOLDERS and path.is_dir() and not any(path.iterdir()))
-
-    def _lock(self) -> None:
-        """Hold DIR/.lock with flock or fail: two runs writing one folder would interleave their files. The kernel
-        releases the lock when its holder ends, even by SIGKILL, so the lock of an ended run is simply taken; the
-        pid and host written into it name the holder in the message of a run refused."""
-        path = self.root / LOCK
-        for _ in range(LOCK_ATTEMPTS):
-            try:
-                # No link is followed: a planted .lock must not make us truncate a file elsewhere.
-                handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-            except OSError as error:
-                raise InvalidInputError(
-                    f"cannot open the lock {path} ({error.strerror}); if it is a link or a folder, remove it"
-                ) from None
-            if not stat.S_ISREG(os.fstat(handle).st_mode):
-                os.close(handle)
-                raise InvalidInputError(f"the lock {path} is not a plain file; remove it")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-            except BlockingIOError:
-                held = False
-            holder = _holder(handle)
-            if held and not _same_file(handle, path):
-                os.close(handle)  # the run we waited on removed this lock file; lock the one now there
-                continue
-            if not held or _alive(holder):
-                os.close(handle)
-                raise InvalidInputError(
-                    f"--out {self.root} is in use by another run (process {' on '.join(holder) or 'unknown'}); wait "
-                    f"for it or choose another --out (if no run is active, remove {path})"
-                )
-            os.ftruncate(handle, 0)
-            os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-            self._lock_handle = handle
-            return
-        raise InvalidInputError(f"--out {self.root}: the lock {path} kept changing hands; try again")
-
-    def _unlock(self) -> None:
-        """Remove the lock file while still holding it, then release it; a run that opened it meanwhile sees the file
-        gone (`_same_file`) and locks the new one instead."""
-        handle, self._lock_handle = self._lock_handle, None
-        if handle is None:
-            return
-        path = self.root / LOCK
-        with contextlib.suppress(OSError):
-            if _same_file(handle, path):
-                path.unlink()
-        os.close(handle)
 
     def finished(self, case: EditCase) -> bool:
         """A case is finished when its record exists and names an output that exists; anything less is redone."""
@@ -261,38 +203,6 @@ class RunFolder:
 def _regular(path: Path) -> bool:
     """A plain file, not a link: a link planted in the run folder could point anywhere."""
     return path.is_file() and not path.is_symlink()
-
-
-def _holder(handle: int) -> list[str]:
-    """The pid and host written in a lock (a bounded read: the file may have been planted)."""
-    return strip_control(os.pread(handle, 200, 0).decode("utf-8", "replace")).split()
-
-
-def _same_file(handle: int, path: Path) -> bool:
-    """Whether `path` is still the file open as `handle`, and not removed or replaced since it was opened."""
-    try:
-        found = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    opened = os.fstat(handle)
-    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
-
-
-def _alive(holder: list[str]) -> bool:
-    """Whether the process named in a lock file nobody holds may still run. One of another machine (on a shared
-    filesystem whose locks may not reach us), or a live one here that holds no flock (an older ifedit), counts as
-    running; an empty or garbled file cannot be a lock being written, as writers hold the lock first."""
-    if len(holder) != 2 or not (holder[0].isascii() and holder[0].isdigit()):
-        return False
-    if holder[1] != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder[0]), 0)
-    except (ProcessLookupError, OverflowError):  # ended, or a number no process has
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def case_record(case: EditCase) -> dict[str, Any]:

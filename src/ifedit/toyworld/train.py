@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
 from ..dropout import kept_frame_indices, slice_frames
+from ..errors import InvalidInputError
+from ..folder_lock import folder_locked
+from ..io import atomic_path, save_json
 from ..pipeline import DEFAULT_REFINE_PROMPT, IFEditPipeline
 from ..presets import TOYWORLD_TRAINING_RECORD
 from ..prompting.template import template_prompt
@@ -68,6 +71,8 @@ FIRST_FRAME_WEIGHT = 4.0
 CHANGE_WEIGHT = 8.0
 # A pixel counts as changed when it differs from frame 0 by more than this, in [-1, 1] units (about 13 of 255).
 CHANGE_THRESHOLD = 0.1
+# Beside an unfinished run's VAE: its stages' loss curves, until training.json takes them in.
+VAE_LOSSES = "vae_losses.json"
 
 
 def clips_tensor(seeds: list[int], frames: int, offsets: list[int] | None = None) -> torch.Tensor:
@@ -555,7 +560,15 @@ def _save_averaged(pipe: IFEditPipeline, averages: dict, folder: Path | None) ->
         getattr(target, name).load_state_dict(average.state_dict())
         getattr(target, name).eval()
     if folder is not None:
-        target.save_pretrained(folder)
+        # Saved beside the folder and swapped in, so a run being tried from the snapshot never reads half of one.
+        partial, previous = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
+        target.save_pretrained(partial)
+        if folder.exists():
+            folder.rename(previous)
+        partial.rename(folder)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 @torch.no_grad()
@@ -565,25 +578,57 @@ def _update_average(averages: dict, modules: dict, decay: float) -> None:
             average.lerp_(current, 1 - decay)
 
 
-def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
-    """Both stages; writes a pipeline folder to `out` with `training.json` (config and loss curves) beside it."""
-    config = config or TrainConfig()
-    torch.manual_seed(config.seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    vae_folder = out / "vae"
-    if (vae_folder / "config.json").is_file():
+def trained_vae(out: Path, config: TrainConfig, log: Callable[[str], None]) -> tuple[AutoencoderKLWan, dict]:
+    """The VAE and its stages' loss curves: an earlier run's from `out` when it saved them, else trained now.
+
+    Saved so that a kill leaves either no `out/vae` or a whole one: the loss curves first, then the VAE into a
+    temporary folder renamed into place (the rename is atomic), so a rerun never reuses half a VAE."""
+    vae_folder, losses_path = out / "vae", out / VAE_LOSSES
+    if vae_folder.is_dir() and losses_path.is_file():
         log(f"reusing the trained VAE in {vae_folder}")
-        vae = AutoencoderKLWan.from_pretrained(vae_folder).eval()
-        vae_losses = json.loads((out / "vae_losses.json").read_text())
-    else:
-        vae, joint_losses = train_vae(config, log)
-        vae_losses = {"vae_losses": joint_losses}
-        for stage, spec in DECODER_STAGES.items():
-            vae_losses[spec.record] = train_decoder(vae, config, log, stage)
-        set_latent_statistics(vae, list(range(config.stats_clips)))
-        vae.save_pretrained(vae_folder)
-        (out / "vae_losses.json").write_text(json.dumps(vae_losses))
+        try:
+            return AutoencoderKLWan.from_pretrained(vae_folder).eval(), json.loads(losses_path.read_text())
+        except (OSError, ValueError) as error:
+            raise InvalidInputError(
+                f"the VAE saved in {vae_folder} cannot be read ({type(error).__name__}); remove {vae_folder} to "
+                "train it again"
+            ) from None
+    vae, joint_losses = train_vae(config, log)
+    vae_losses = {"vae_losses": joint_losses}
+    for stage, spec in DECODER_STAGES.items():
+        vae_losses[spec.record] = train_decoder(vae, config, log, stage)
+    set_latent_statistics(vae, list(range(config.stats_clips)))
+    save_json(vae_losses, losses_path)
+    partial = out / ".vae.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    vae.save_pretrained(partial)
+    shutil.rmtree(vae_folder, ignore_errors=True)  # a folder without its loss curves: an earlier run's leftover
+    partial.rename(vae_folder)
+    return vae, vae_losses
+
+
+def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
+    """Both stages; writes a pipeline folder to `out` with `training.json` (config and loss curves) beside it.
+
+    One run at a time may write into `out` (`folder_lock`); a finished folder (one with `training.json`) is refused
+    rather than overwritten, and an interrupted run's VAE, once saved whole, is reused by the next run into `out`."""
+    config = config or TrainConfig()
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInputError(f"cannot create the output folder {out}: {error.strerror}") from None
+    with folder_locked(out):
+        if (out / TOYWORLD_TRAINING_RECORD).exists():
+            raise InvalidInputError(
+                f"--out {out} already holds a trained pipeline ({TOYWORLD_TRAINING_RECORD}); choose another folder"
+            )
+        return _train(out, config, log)
+
+
+def _train(out: Path, config: TrainConfig, log: Callable[[str], None]) -> Path:
+    torch.manual_seed(config.seed)
+    vae, vae_losses = trained_vae(out, config, log)
     for parameter in vae.parameters():
         parameter.requires_grad_(False)
 
@@ -612,8 +657,9 @@ def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], Non
         del data
     pipe.save_pretrained(out)
     record = {"config": asdict(config), **vae_losses, "text_losses": text_losses, **expert_losses}
-    (out / TOYWORLD_TRAINING_RECORD).write_text(json.dumps(record))
-    (out / "vae_losses.json").unlink(missing_ok=True)
+    with atomic_path(out / TOYWORLD_TRAINING_RECORD) as temporary:  # written last: it marks the folder finished
+        temporary.write_text(json.dumps(record))
+    (out / VAE_LOSSES).unlink(missing_ok=True)
     shutil.rmtree(out / "snapshot", ignore_errors=True)
     log(f"saved the toy world's pipeline to {out}")
     return out
