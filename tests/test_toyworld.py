@@ -489,14 +489,20 @@ TINY_VAE = TrainConfig(vae_steps=1, decoder_steps=1, window_steps=1, edge_steps=
 def test_a_rerun_reuses_a_whole_saved_vae_and_never_half_of_one(tmp_path):
     out = tmp_path / "toy"
     out.mkdir()
-    # What a run killed while saving leaves: a partial save, and a VAE folder without its loss curves.
-    (out / ".vae.partial").mkdir()
-    (out / "vae").mkdir()
-    (out / "vae" / "config.json").write_text("{}")
+    # What a killed run may leave: a partial save, and a VAE folder without its loss curves. Both are links here,
+    # which are replaced and never followed: the folders they point to are left as they were.
+    victims = [tmp_path / "victim1", tmp_path / "victim2"]
+    for victim in victims:
+        victim.mkdir()
+        (victim / "config.json").write_text("{}")
+    (out / ".vae.partial").symlink_to(victims[0])
+    (out / "vae").symlink_to(victims[1])
     messages = []
     vae, losses = trained_vae(out, TINY_VAE, messages.append)
     assert not any(message.startswith("reusing") for message in messages), "a VAE without its losses is retrained"
-    assert sorted(path.name for path in out.iterdir()) == ["vae", "vae_losses.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["vae", "vae_losses.json"] and (out / "vae").is_dir()
+    assert not (out / "vae").is_symlink()
+    assert all(sorted(victim.iterdir()) == [victim / "config.json"] for victim in victims)
     assert list(losses) == ["vae_losses", *(spec.record for spec in DECODER_STAGES.values())]
 
     messages = []

@@ -560,15 +560,28 @@ def _save_averaged(pipe: IFEditPipeline, averages: dict, folder: Path | None) ->
         getattr(target, name).load_state_dict(average.state_dict())
         getattr(target, name).eval()
     if folder is not None:
-        # Saved beside the folder and swapped in, so a run being tried from the snapshot never reads half of one.
-        partial, previous = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
-        target.save_pretrained(partial)
-        if folder.exists():
-            folder.rename(previous)
-        partial.rename(folder)
-        shutil.rmtree(previous, ignore_errors=True)
+        save_whole(target.save_pretrained, folder)  # a run being tried from the snapshot never reads half of one
+
+
+def save_whole(save: Callable[[Path], None], folder: Path) -> None:
+    """`save` into a folder beside `folder`, then rename it into place: a kill leaves the old folder or the new one,
+    never half of one (a rename is atomic). A link planted at either name is replaced, never followed."""
+    partial, previous = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
+    _remove(partial)
+    _remove(previous)
+    save(partial)
+    if folder.is_symlink() or folder.exists():
+        folder.rename(previous)
+    partial.rename(folder)
+    _remove(previous)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (the link, not what it points to) or a folder, if there is one."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 @torch.no_grad()
@@ -581,8 +594,7 @@ def _update_average(averages: dict, modules: dict, decay: float) -> None:
 def trained_vae(out: Path, config: TrainConfig, log: Callable[[str], None]) -> tuple[AutoencoderKLWan, dict]:
     """The VAE and its stages' loss curves: an earlier run's from `out` when it saved them, else trained now.
 
-    Saved so that a kill leaves either no `out/vae` or a whole one: the loss curves first, then the VAE into a
-    temporary folder renamed into place (the rename is atomic), so a rerun never reuses half a VAE."""
+    Saved so that a rerun never reuses half a VAE: the loss curves first, then the VAE whole (`save_whole`)."""
     vae_folder, losses_path = out / "vae", out / VAE_LOSSES
     if vae_folder.is_dir() and losses_path.is_file():
         log(f"reusing the trained VAE in {vae_folder}")
@@ -599,11 +611,7 @@ def trained_vae(out: Path, config: TrainConfig, log: Callable[[str], None]) -> t
         vae_losses[spec.record] = train_decoder(vae, config, log, stage)
     set_latent_statistics(vae, list(range(config.stats_clips)))
     save_json(vae_losses, losses_path)
-    partial = out / ".vae.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    vae.save_pretrained(partial)
-    shutil.rmtree(vae_folder, ignore_errors=True)  # a folder without its loss curves: an earlier run's leftover
-    partial.rename(vae_folder)
+    save_whole(vae.save_pretrained, vae_folder)  # replaces a VAE without its loss curves, an earlier run's leftover
     return vae, vae_losses
 
 
@@ -660,6 +668,6 @@ def _train(out: Path, config: TrainConfig, log: Callable[[str], None]) -> Path:
     with atomic_path(out / TOYWORLD_TRAINING_RECORD) as temporary:  # written last: it marks the folder finished
         temporary.write_text(json.dumps(record))
     (out / VAE_LOSSES).unlink(missing_ok=True)
-    shutil.rmtree(out / "snapshot", ignore_errors=True)
+    _remove(out / "snapshot")
     log(f"saved the toy world's pipeline to {out}")
     return out
