@@ -16,6 +16,7 @@ from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, region_error_reduction, score_edit
 from ifedit.toyworld.evaluate import bootstrap
 from ifedit.toyworld.model import build_tokenizer, build_vae, vocabulary
+from ifedit.toyworld.run_folder import claimed, finish
 from ifedit.toyworld.scenes import (
     EVAL_SEED_START,
     EVENTS,
@@ -512,7 +513,68 @@ def test_a_rerun_reuses_a_whole_saved_vae_and_never_half_of_one(tmp_path):
         assert torch.equal(tensor, reused), name
     assert again.config.latents_mean == vae.config.latents_mean
 
+    other = dataclasses.replace(TINY_VAE, seed=7)
+    with pytest.raises(InvalidInputError, match=r"the VAE in .*vae was trained with other settings \(seed\)"):
+        trained_vae(out, other, messages.append)  # reusing it would ship a VAE training.json does not describe
+    saved = (out / "vae_losses.json").read_text()
+    for damaged in ("[]", '{"settings": {}, "losses": [1]}', "{"):
+        (out / "vae_losses.json").write_text(damaged)
+        with pytest.raises(InvalidInputError, match=r"vae_losses.json cannot be read \(.*\); remove it and .*vae"):
+            trained_vae(out, TINY_VAE, messages.append)
+    (out / "vae_losses.json").write_text(saved)
+
     weights = next((out / "vae").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])  # a disk that filled up, a copy cut short
     with pytest.raises(InvalidInputError, match=r"cannot be read \(.*\); remove .*vae to train it again"):
         trained_vae(out, TINY_VAE, messages.append)
+
+
+def test_a_training_folder_holds_only_a_training_run(tmp_path):
+    """Training into a folder of other files would overwrite or delete them (a `vae/` or `snapshot/` of the
+    user's); an unfinished run's folder is taken and cleared of what a killed run left half-written."""
+    foreign = tmp_path / "models"
+    (foreign / "vae").mkdir(parents=True)
+    (foreign / "vae" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match=r"is not empty and holds no unfinished training run"):
+        train(foreign, FEW_STEPS, log=print)  # a few steps: a regression here must not start hours of training
+    assert (foreign / "vae" / "notes.txt").read_text() == "mine" and sorted(foreign.iterdir()) == [foreign / "vae"]
+
+    unfinished = tmp_path / "run"
+    unfinished.mkdir()
+    (unfinished / "vae_losses.json").write_text("{}")
+    leftovers = [".vae.partial", ".snapshot.old", ".pipeline.partial"]
+    for name in leftovers:
+        (unfinished / name).mkdir()
+    (unfinished / ".vae_losses.0123.tmp.json").write_text("{")
+    with claimed(unfinished):
+        assert sorted(path.name for path in unfinished.iterdir()) == [".lock", "vae_losses.json"]
+    assert sorted(path.name for path in unfinished.iterdir()) == ["vae_losses.json"]
+
+
+def test_the_finished_pipeline_moves_in_without_touching_the_saved_vae_or_following_links(tmp_path):
+    """The last save of a run: a kill during it must not damage the VAE an earlier stage saved whole (the next run
+    reuses it), and a link planted at a part's name is replaced, not written through."""
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    (out / "vae").mkdir()
+    (out / "vae" / "weights").write_text("saved whole")
+    (out / "snapshot").mkdir()
+    (out / "vae_losses.json").write_text("{}")
+    (out / "transformer").symlink_to(victim)
+    (out / "model_index.json").symlink_to(victim / "index.json")
+
+    def save(folder):
+        for part in ("vae", "transformer"):
+            (folder / part).mkdir(parents=True)
+            (folder / part / "weights").write_text(f"new {part}")
+        (folder / "model_index.json").write_text("{}")
+
+    finish(out, save, {"config": {}})
+    assert (out / "vae" / "weights").read_text() == "saved whole"
+    assert (out / "transformer" / "weights").read_text() == "new transformer"
+    assert (out / "model_index.json").read_text() == "{}"
+    assert not (out / "transformer").is_symlink() and not (out / "model_index.json").is_symlink()
+    assert list(victim.iterdir()) == []
+    assert sorted(path.name for path in out.iterdir()) == ["model_index.json", "training.json", "transformer", "vae"]
+    assert json.loads((out / "training.json").read_text()) == {"config": {}}

@@ -8,6 +8,7 @@ the pid and host written into the file name the holder in the message of a run r
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -40,9 +41,9 @@ def lock(folder: Path, option: str = "--out") -> int:
             # No link is followed: a planted .lock must not make us truncate a file elsewhere.
             handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as error:
-            raise InvalidInputError(
-                f"cannot open the lock {path} ({error.strerror}); if it is a link or a folder, remove it"
-            ) from None
+            planted = error.errno in (errno.ELOOP, errno.EISDIR)  # a link (O_NOFOLLOW refuses it) or a folder
+            hint = "if it is a link or a folder, remove it" if planted else f"choose a {option} you can write to"
+            raise InvalidInputError(f"cannot open the lock {path} ({error.strerror}); {hint}") from None
         if not stat.S_ISREG(os.fstat(handle).st_mode):
             os.close(handle)
             raise InvalidInputError(f"the lock {path} is not a plain file; remove it")

@@ -40,9 +40,9 @@ def register(commands) -> None:
         "train",
         help="train the toy world's model from scratch (about four hours on 2 CPU cores)",
         description="Train the VAE, then its decoder alone, then both experts and the text encoder, with fixed "
-        "seeds, and save a pipeline folder that --model accepts. An interrupted run's VAE, once saved in OUT/vae, is "
-        "reused by the next run into OUT; averaged expert weights are saved to OUT/snapshot every 1000 steps while "
-        "training. One run at a time may write into OUT, and a finished OUT (with training.json) is not overwritten.",
+        "seeds, and save a pipeline folder that --model accepts. OUT must be new, empty or an interrupted run's "
+        "(whose VAE, once saved, the next run with the same VAE settings reuses); one run at a time may write into "
+        "it. Averaged expert weights are saved to OUT/snapshot every 1000 steps while training.",
     )
     train.add_argument("--out", required=True, help="folder for the trained pipeline")
     train.add_argument(

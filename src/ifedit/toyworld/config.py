@@ -22,6 +22,7 @@ class TrainConfig:
     polish_steps: int = 2000  # then the edge stage again at a lower rate (the round trip kept improving)
     polish_lr: float = 1e-4
     stats_clips: int = 256  # clips whose latents set the VAE's per-channel mean and std
+    # The fields above decide the VAE (`vae_settings`); those below, the text encoder and the experts.
     text_steps: int = 1500  # the text encoder alone first, then frozen (0: it learns with the experts instead)
     text_batch: int = 64
     text_lr: float = 2e-3
@@ -38,3 +39,10 @@ class TrainConfig:
     ema_decay: float = 0.998
     log_every: int = 100
     snapshot_every: int = 1000  # expert steps between EMA snapshots in OUT/snapshot (0: none)
+
+    def vae_settings(self) -> dict:
+        """The settings that decide the VAE (its stages run before anything else): a VAE saved by a run with other
+        values is not reused."""
+        first_after = "text_steps"  # the fields before it are the VAE's
+        names = list(self.__dataclass_fields__)
+        return {name: getattr(self, name) for name in names[: names.index(first_after)]}

@@ -9,9 +9,7 @@ a diffusers pipeline folder that `IFEditPipeline.from_pretrained` loads. Trainin
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,10 +23,7 @@ from diffusers import AutoencoderKLWan
 
 from ..dropout import kept_frame_indices, slice_frames
 from ..errors import InvalidInputError
-from ..folder_lock import folder_locked
-from ..io import atomic_path, save_json
 from ..pipeline import DEFAULT_REFINE_PROMPT, IFEditPipeline
-from ..presets import TOYWORLD_TRAINING_RECORD
 from ..prompting.template import template_prompt
 from .config import TrainConfig
 from .model import (
@@ -40,6 +35,7 @@ from .model import (
     build_vae,
     vocabulary,
 )
+from .run_folder import claimed, finish, save_vae, save_whole, saved_vae_record
 from .scenes import (
     COLOURS,
     EVAL_SEED_START,
@@ -71,8 +67,6 @@ FIRST_FRAME_WEIGHT = 4.0
 CHANGE_WEIGHT = 8.0
 # A pixel counts as changed when it differs from frame 0 by more than this, in [-1, 1] units (about 13 of 255).
 CHANGE_THRESHOLD = 0.1
-# Beside an unfinished run's VAE: its stages' loss curves, until training.json takes them in.
-VAE_LOSSES = "vae_losses.json"
 
 
 def clips_tensor(seeds: list[int], frames: int, offsets: list[int] | None = None) -> torch.Tensor:
@@ -560,28 +554,7 @@ def _save_averaged(pipe: IFEditPipeline, averages: dict, folder: Path | None) ->
         getattr(target, name).load_state_dict(average.state_dict())
         getattr(target, name).eval()
     if folder is not None:
-        save_whole(target.save_pretrained, folder)  # a run being tried from the snapshot never reads half of one
-
-
-def save_whole(save: Callable[[Path], None], folder: Path) -> None:
-    """`save` into a folder beside `folder`, then rename it into place: a kill leaves the old folder or the new one,
-    never half of one (a rename is atomic). A link planted at either name is replaced, never followed."""
-    partial, previous = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
-    _remove(partial)
-    _remove(previous)
-    save(partial)
-    if folder.is_symlink() or folder.exists():
-        folder.rename(previous)
-    partial.rename(folder)
-    _remove(previous)
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, a link (the link, not what it points to) or a folder, if there is one."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
+        save_whole(target.save_pretrained, folder)  # a run being tried from the snapshot never opens half of one
 
 
 @torch.no_grad()
@@ -592,45 +565,35 @@ def _update_average(averages: dict, modules: dict, decay: float) -> None:
 
 
 def trained_vae(out: Path, config: TrainConfig, log: Callable[[str], None]) -> tuple[AutoencoderKLWan, dict]:
-    """The VAE and its stages' loss curves: an earlier run's from `out` when it saved them, else trained now.
-
-    Saved so that a rerun never reuses half a VAE: the loss curves first, then the VAE whole (`save_whole`)."""
-    vae_folder, losses_path = out / "vae", out / VAE_LOSSES
-    if vae_folder.is_dir() and losses_path.is_file():
-        log(f"reusing the trained VAE in {vae_folder}")
+    """The VAE and its stages' loss curves: those an unfinished run saved in `out` with the same settings, else
+    trained now and saved there (`run_folder.save_vae`)."""
+    losses = saved_vae_record(out, config.vae_settings())
+    if losses is not None:
+        log(f"reusing the trained VAE in {out / 'vae'}")
         try:
-            return AutoencoderKLWan.from_pretrained(vae_folder).eval(), json.loads(losses_path.read_text())
+            return AutoencoderKLWan.from_pretrained(out / "vae").eval(), losses
         except (OSError, ValueError) as error:
             raise InvalidInputError(
-                f"the VAE saved in {vae_folder} cannot be read ({type(error).__name__}); remove {vae_folder} to "
+                f"the VAE saved in {out / 'vae'} cannot be read ({type(error).__name__}); remove {out / 'vae'} to "
                 "train it again"
             ) from None
     vae, joint_losses = train_vae(config, log)
-    vae_losses = {"vae_losses": joint_losses}
+    losses = {"vae_losses": joint_losses}
     for stage, spec in DECODER_STAGES.items():
-        vae_losses[spec.record] = train_decoder(vae, config, log, stage)
+        losses[spec.record] = train_decoder(vae, config, log, stage)
     set_latent_statistics(vae, list(range(config.stats_clips)))
-    save_json(vae_losses, losses_path)
-    save_whole(vae.save_pretrained, vae_folder)  # replaces a VAE without its loss curves, an earlier run's leftover
-    return vae, vae_losses
+    save_vae(out, vae.save_pretrained, config.vae_settings(), losses)
+    return vae, losses
 
 
 def train(out: Path, config: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
     """Both stages; writes a pipeline folder to `out` with `training.json` (config and loss curves) beside it.
 
-    One run at a time may write into `out` (`folder_lock`); a finished folder (one with `training.json`) is refused
-    rather than overwritten, and an interrupted run's VAE, once saved whole, is reused by the next run into `out`."""
+    One run at a time may write into `out`, which must be new, empty or an unfinished run's (`run_folder`); an
+    unfinished run's VAE, once saved whole, is reused."""
     config = config or TrainConfig()
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InvalidInputError(f"cannot create the output folder {out}: {error.strerror}") from None
-    with folder_locked(out):
-        if (out / TOYWORLD_TRAINING_RECORD).exists():
-            raise InvalidInputError(
-                f"--out {out} already holds a trained pipeline ({TOYWORLD_TRAINING_RECORD}); choose another folder"
-            )
+    with claimed(out):
         return _train(out, config, log)
 
 
@@ -663,11 +626,7 @@ def _train(out: Path, config: TrainConfig, log: Callable[[str], None]) -> Path:
         data = encode_dataset(pipe, seeds, log)
         expert_losses[spec.record] = train_experts(pipe, data, cases, config, log, out / "snapshot", stage)
         del data
-    pipe.save_pretrained(out)
     record = {"config": asdict(config), **vae_losses, "text_losses": text_losses, **expert_losses}
-    with atomic_path(out / TOYWORLD_TRAINING_RECORD) as temporary:  # written last: it marks the folder finished
-        temporary.write_text(json.dumps(record))
-    (out / VAE_LOSSES).unlink(missing_ok=True)
-    _remove(out / "snapshot")
+    finish(out, pipe.save_pretrained, record)
     log(f"saved the toy world's pipeline to {out}")
     return out
