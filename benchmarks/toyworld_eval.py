@@ -160,6 +160,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="toyworld", help="toy world pipeline (preset name or folder)")
     parser.add_argument("--scenes", type=int, default=110, help="held-out scenes, spread evenly over the events")
+    parser.add_argument(
+        "--seed-start",
+        type=int,
+        default=EVAL_SEED_START,
+        help="seed of the first scene (default: %(default)s; other sets of held-out scenes, such as 1200000, check "
+        "that a finding is not a property of one set; seeds below the default are training's)",
+    )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument(
         "--save",
@@ -170,6 +177,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.scenes < 1:
         parser.error(f"--scenes must be at least 1, got {args.scenes}")
+    if args.seed_start < EVAL_SEED_START:
+        start = args.seed_start
+        parser.error(f"--seed-start must be at least {EVAL_SEED_START} (lower seeds are training's), got {start}")
     # Checked now, not after the edits, as every output is, in the folder the file will be written to: that of the
     # name given, not of what a link of that name points to (a link is replaced, never written through).
     if args.save:
@@ -178,14 +188,14 @@ def main() -> None:
         except IFEditError as error:
             parser.error(f"--save: {error}")
 
-    cases = [sample_case(EVAL_SEED_START + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
+    cases = [sample_case(args.seed_start + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
     try:
         preset = resolve_model(args.model)
     except IFEditError as error:
         parser.exit(2, f"{parser.prog}: {error}\n")
     editor = Editor(preset, LoadOptions(device="cpu"))
     editor.pipe.set_progress_bar_config(disable=True)
-    print(f"{args.scenes} held-out scenes, model {preset.name} ({preset.model_id})")
+    print(f"{args.scenes} held-out scenes from seed {args.seed_start}, model {preset.name} ({preset.model_id})")
     names = sorted(args.settings, key=lambda name: name != RECIPE)  # the recipe first: the others are paired to it
     results: dict[str, list[SceneEdit]] = {}
     for name in names:

@@ -62,8 +62,17 @@ def test_bad_input_is_one_line_and_nothing_runs(tmp_path):
         (["--save", str(tmp_path / "folder.json")], "is a folder"),
         (["--save", "/proc/self/eval.json"], "cannot write into"),  # refused even for root, as a read-only mount
         (["--settings", "K=9"], "invalid choice"),
+        (["--seed-start", "999999"], "--seed-start must be at least 1000000 (lower seeds are training's)"),
     ):
         result = run(*args)
         assert result.returncode == 2, args
         assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
-        assert "held-out scenes, model" not in result.stdout, "refused before loading the model"
+        assert "held-out scenes from seed" not in result.stdout, "refused before loading the model"
+
+
+def test_another_set_of_held_out_scenes_starts_at_the_seed_given(tmp_path):
+    save = tmp_path / "eval.json"
+    result = run("--scenes", "2", "--seed-start", "1200000", "--settings", "copy", "--save", str(save))
+    assert result.returncode == 0, result.stderr
+    assert "2 held-out scenes from seed 1200000" in result.stdout
+    assert [row["seed"] for row in json.loads(save.read_text())["copy"]] == [1_200_000, 1_200_001]
