@@ -516,12 +516,20 @@ def test_a_rerun_reuses_a_whole_saved_vae_and_never_half_of_one(tmp_path):
     other = dataclasses.replace(TINY_VAE, seed=7)
     with pytest.raises(InvalidInputError, match=r"the VAE in .*vae was trained with other settings \(seed\)"):
         trained_vae(out, other, messages.append)  # reusing it would ship a VAE training.json does not describe
-    saved = (out / "vae_losses.json").read_text()
-    for damaged in ("[]", '{"settings": {}, "losses": [1]}', "{"):
+    saved = json.loads((out / "vae_losses.json").read_text())
+    other_version = {**saved["settings"], "retired_setting": 1}  # another ifedit's VAE had a setting this one lacks
+    (out / "vae_losses.json").write_text(json.dumps({**saved, "settings": other_version}))
+    with pytest.raises(InvalidInputError, match=r"other settings \(retired_setting\); .* or remove \S*vae to train"):
+        trained_vae(out, TINY_VAE, messages.append)
+    # Each refusal asks to remove the VAE only: without vae_losses.json the folder would be refused as not a run's.
+    for damaged in ("[]", '{"settings": {}, "losses": [1]}', "{", "{}"):
         (out / "vae_losses.json").write_text(damaged)
-        with pytest.raises(InvalidInputError, match=r"vae_losses.json cannot be read \(.*\); remove it and .*vae"):
+        with pytest.raises(InvalidInputError, match=r"vae_losses.json cannot be read \(.*\); remove \S*vae to"):
             trained_vae(out, TINY_VAE, messages.append)
-    (out / "vae_losses.json").write_text(saved)
+    (out / "vae_losses.json").write_text(json.dumps(saved["losses"]))  # an older ifedit's record: curves only
+    with pytest.raises(InvalidInputError, match=r"does not record the settings .*older ifedit.*; remove \S*vae to"):
+        trained_vae(out, TINY_VAE, messages.append)
+    (out / "vae_losses.json").write_text(json.dumps(saved))
 
     weights = next((out / "vae").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:100])  # a disk that filled up, a copy cut short
@@ -578,3 +586,27 @@ def test_the_finished_pipeline_moves_in_without_touching_the_saved_vae_or_follow
     assert list(victim.iterdir()) == []
     assert sorted(path.name for path in out.iterdir()) == ["model_index.json", "training.json", "transformer", "vae"]
     assert json.loads((out / "training.json").read_text()) == {"config": {}}
+
+
+def test_a_failed_final_save_keeps_the_snapshot_and_a_folder_planted_at_a_files_name_is_replaced(tmp_path):
+    """Until `training.json` marks the run finished, the last snapshot is the one copy of the experts a failed or
+    killed final save would not lose; and a folder left where the pipeline writes a file must not end hours of
+    training with a traceback."""
+    out = tmp_path / "run"
+    (out / "snapshot").mkdir(parents=True)
+    (out / "snapshot" / "weights").write_text("averaged")
+    (out / "vae_losses.json").write_text("{}")
+    (out / "model_index.json").mkdir()
+    (out / "model_index.json" / "planted").write_text("")
+
+    def save(folder):
+        (folder / "transformer").mkdir(parents=True)
+        (folder / "model_index.json").write_text("{}")
+
+    with pytest.raises(TypeError):  # the last write fails, after every part has moved in
+        finish(out, save, {"config": {"unrecordable": object()}})
+    assert (out / "snapshot" / "weights").read_text() == "averaged" and not (out / "training.json").exists()
+
+    finish(out, save, {"config": {}})
+    assert (out / "model_index.json").read_text() == "{}"
+    assert sorted(path.name for path in out.iterdir()) == ["model_index.json", "training.json", "transformer"]

@@ -73,24 +73,35 @@ def saved_vae_record(out: Path, settings: dict) -> dict | None:
     folder, path = out / "vae", out / VAE_LOSSES
     if not (path.is_file() and folder.is_dir()) or folder.is_symlink():
         return None
+    # Each refusal asks to remove the VAE only: this file marks `out` an unfinished run's, and the next run writes
+    # it anew once it has trained the VAE again.
     try:
         record = json.loads(path.read_text())
-        if not (isinstance(record, dict) and isinstance(record.get("settings"), dict)):
-            raise ValueError("not a record of settings and losses")
-        losses = record.get("losses")
-        if not (isinstance(losses, dict) and all(isinstance(curve, list) for curve in losses.values())):
-            raise ValueError("not a record of settings and losses")
     except (OSError, ValueError) as error:
+        raise InvalidInputError(f"{path} cannot be read ({error}); remove {folder} to train the VAE again") from None
+    if isinstance(record, dict) and record and "settings" not in record and _is_losses(record):
         raise InvalidInputError(
-            f"{path} cannot be read ({error}); remove it and {folder} to train the VAE again"
-        ) from None
-    if record["settings"] != settings:
-        changed = sorted(name for name in settings if record["settings"].get(name) != settings[name])
+            f"{path} does not record the settings of the VAE in {folder} (an older ifedit wrote it); remove {folder} "
+            "to train the VAE again"
+        )
+    if not (
+        isinstance(record, dict) and isinstance(record.get("settings"), dict) and _is_losses(record.get("losses"))
+    ):
+        raise InvalidInputError(
+            f"{path} cannot be read (not a record of settings and losses); remove {folder} to train the VAE again"
+        )
+    saved = record["settings"]
+    if saved != settings:
+        changed = sorted(name for name in saved.keys() | settings.keys() if saved.get(name) != settings.get(name))
         raise InvalidInputError(
             f"the VAE in {folder} was trained with other settings ({', '.join(changed)}); train with the same "
-            "settings or into another --out"
+            f"settings, into another --out, or remove {folder} to train it again"
         )
-    return losses
+    return record["losses"]
+
+
+def _is_losses(losses: object) -> bool:
+    return isinstance(losses, dict) and all(isinstance(curve, list) for curve in losses.values())
 
 
 def save_vae(out: Path, save: Callable[[Path], None], settings: dict, losses: dict) -> None:
@@ -102,7 +113,8 @@ def save_vae(out: Path, save: Callable[[Path], None], settings: dict, losses: di
 def finish(out: Path, save: Callable[[Path], None], record: dict) -> None:
     """Put the finished pipeline into `out` beside the VAE already saved there: saved aside, then moved in part by
     part (`out/vae` holds these weights already and is left alone, so a kill here never damages it), then
-    `training.json`, which marks `out` finished."""
+    `training.json`, which marks `out` finished. The last snapshot goes only after that: until `out` is finished it
+    is the one copy of the experts' weights a kill would not lose."""
     staged = out / f".pipeline{PARTIAL}"
     remove(staged)
     save(staged)
@@ -110,9 +122,9 @@ def finish(out: Path, save: Callable[[Path], None], record: dict) -> None:
         if part.name != "vae":
             _swap_in(part, out / part.name)
     remove(staged)
-    remove(out / "snapshot")
     with atomic_path(out / TOYWORLD_TRAINING_RECORD) as temporary:
         temporary.write_text(json.dumps(record))
+    remove(out / "snapshot")
     remove(out / VAE_LOSSES)
 
 
@@ -126,8 +138,11 @@ def save_whole(save: Callable[[Path], None], folder: Path) -> None:
 
 
 def _swap_in(new: Path, place: Path) -> None:
-    """Rename `new` to `place`, replacing what is there; a link planted there is replaced, never followed."""
-    if new.is_dir() and (place.is_symlink() or place.exists()):
+    """Rename `new` to `place`, replacing what is there (a file, a folder, a link: the link, never what it points
+    to). A file replaces a file or a link in one atomic rename; a folder, or anything replacing one, goes through
+    a rename aside, as a rename cannot replace a folder by a file or a non-empty folder."""
+    place_is_folder = place.is_dir() and not place.is_symlink()
+    if place_is_folder or (new.is_dir() and (place.is_symlink() or place.exists())):
         previous = place.with_name(f".{place.name}{PREVIOUS}")
         remove(previous)
         place.rename(previous)
