@@ -15,10 +15,11 @@ import PIL.Image
 import pytest
 
 from bench_fixtures import FAST, bytemorph, declared_png, imgedit, picture, risebench, tedbench
-from ifedit.bench.cases import MAX_JSON_BYTES, EditCase
+from ifedit.bench.cases import EditCase
 from ifedit.bench.layout import RunFolder
 from ifedit.cli import EXIT_CASES_FAILED, main
 from ifedit.errors import InvalidInputError
+from ifedit.io import MAX_JSON_BYTES
 from lock_holder import lock_held_elsewhere
 
 

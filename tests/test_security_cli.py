@@ -384,3 +384,36 @@ def test_two_runs_never_replace_each_others_output_without_overwrite(tmp_path, s
     winner_seed = (11, 22)[1 - loser]
     assert json.loads(output.with_suffix(".json").read_text())["seed"] == winner_seed
     assert sorted(path.name for path in tmp_path.iterdir()) == ["o.json", "o.png", "source.png"]
+
+
+DEEP = "[" * 100_000  # parsing it overflows Python's recursion limit
+WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("part", "text", "reason"),
+    [("model_index.json", DEEP, "nested too deeply"),
+     ("model_index.json", "[1, 2]", "expected an object for a pipeline's index, got a list"),
+     ("model_index.json", "{}", "_class_name|is not a Wan pipeline"),
+     ("transformer/config.json", DEEP, "nested too deeply"),
+     ("transformer/config.json", '["a list"]', "expected an object"),
+     ("vae/config.json", '{"z_dim": ' * 50_000, "nested too deeply"),
+     (WEIGHTS, struct.pack("<Q", 2**62) + b"{}", "header of 4611686018427387904 bytes")],
+)  # fmt: skip
+def test_a_model_folder_with_damaged_files_is_one_line_naming_the_folder(tmp_path, source, tiny_dirs, capsys, part,
+                                                                         text, reason):  # fmt: skip
+    """A model folder is the user's or a download's: a config of the wrong shape or nested without end, or a
+    weights header claiming exabytes, is one line naming the folder (the plan, which reads the files itself, says
+    what is wrong), never a traceback or gigabytes read."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dirs["a14b"], folder)
+    (folder / part).write_bytes(text if isinstance(text, bytes) else text.encode())
+    output = tmp_path / "o.png"
+    for command in (["plan", "--gpu-memory", "24"], ["edit", str(source), "melt", "-o", str(output), *FAST]):
+        code, printed = _run(capsys, *command, "--model", str(folder))
+        errors = [line for line in printed.splitlines() if "error:" in line]  # beside the offline-prompt notice
+        assert code != 0 and "Traceback" not in printed and len(errors) == 1, printed
+        assert str(folder) in errors[0], printed
+        if command[0] == "plan" or part == "model_index.json":
+            assert re.search(reason, errors[0]), printed
+    assert not output.exists()

@@ -234,7 +234,7 @@ def _safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], bool]:
 def _quant_format(path: Path, text: bytes) -> str:
     try:
         return str(json.loads(text.decode())["format"])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise SetupError(f"{path} has a damaged comfy_quant entry") from None
 
 

@@ -1,4 +1,4 @@
-"""Reading and validating user images, and writing results atomically."""
+"""Reading and validating what users hand us (images, JSON files), and writing results atomically."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import reprlib
 import secrets
 import shutil
 import warnings
@@ -24,6 +25,17 @@ MIN_SIDE = 64
 MAX_PIXELS = 40_000_000
 MAX_UPLOAD_BYTES = 50 * 2**20  # the web UI's limit per upload; a 40-megapixel JPEG is well under it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+# Far above any JSON file a user hands us (a benchmark's listing is well under 1 MiB, a model's config a few KiB);
+# parsing a bigger file takes gigabytes.
+MAX_JSON_BYTES = 128 * 2**20
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}  # fmt: skip
+# A value read from a file in a message: escaped like repr, and bounded in length and depth.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+shown = _REPR.repr
 
 
 def load_image(path: str | os.PathLike, *, max_bytes: int | None = None, name: str | None = None) -> PIL.Image.Image:
@@ -248,3 +260,39 @@ def _place(source: Path, target: Path, overwrite: bool) -> None:
         os.replace(source, target)
     else:
         source.unlink()
+
+
+def read_json(path: Path, what: str, kind: type | tuple[type, ...] = (dict, list)) -> Any:
+    """A JSON file a user or a download supplies, or a one-line error naming `what`: missing, over MAX_JSON_BYTES, not
+    JSON, nested too deeply to parse, holding a key twice (one of two cases would vanish), or not of `kind`."""
+    if not path.is_file():
+        raise InvalidInputError(f"{what} {'is not a file' if path.exists() else 'not found'}: {path}")
+    try:
+        with path.open("rb") as file:
+            # One byte past the limit at most, and nothing when the size already says too much.
+            fits = os.fstat(file.fileno()).st_size <= MAX_JSON_BYTES
+            data = file.read(MAX_JSON_BYTES + 1) if fits else b""
+    except OSError as error:
+        raise InvalidInputError(f"{what} cannot be read: {path} ({error.strerror})") from None
+    if not fits or len(data) > MAX_JSON_BYTES:
+        raise InvalidInputError(f"{path} is over {MAX_JSON_BYTES // 2**20} MiB, too large for {what}")
+    try:
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError and a repeated key
+        raise InvalidInputError(f"{path} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path} is nested too deeply to be {what}") from None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds):
+        expected = " or ".join(dict.fromkeys(_JSON_TYPES[each] for each in kinds))
+        raise InvalidInputError(f"{path}: expected {expected} for {what}, got {_JSON_TYPES[type(value)]}")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f"the key {shown(key)} appears twice in one object")
+        value[key] = item
+    return value

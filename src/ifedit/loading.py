@@ -24,6 +24,7 @@ from .checkpoints import (
     read_expert_header,
 )
 from .errors import InvalidInputError, SetupError
+from .io import read_json
 from .memory import (
     FLOAT8,
     GIB,
@@ -614,6 +615,11 @@ def _from_pretrained(
     downloaded)."""
     dtypes = {"default": dtype, **dict.fromkeys(FLOAT32_COMPONENTS, torch.float32)}
     is_local = Path(model_id).expanduser().is_dir()
+    if is_local:  # diffusers' words for an index of the wrong shape name neither the file nor the problem
+        try:
+            read_json(Path(model_id).expanduser() / "model_index.json", "a pipeline's index", dict)
+        except InvalidInputError as error:
+            raise SetupError(f"could not load the pipeline in {model_id}: {error}") from None
     try:
         return IFEditPipeline.from_pretrained(
             os.path.expanduser(model_id), dtype=dtypes, local_files_only=local_files_only, **components
@@ -622,6 +628,17 @@ def _from_pretrained(
         if is_local:
             raise SetupError(f"could not load the pipeline in {model_id}: {_reason(error)}") from None
         raise SetupError(_download_advice(model_id, error, local_files_only)) from None
+    except (KeyError, TypeError, AttributeError, RecursionError) as error:
+        if not is_local:
+            raise
+        # What diffusers raises for a config of the wrong shape (an entry missing, a list where it reads an object).
+        if isinstance(error, KeyError):
+            reason = f"a config lacks the entry {error}"
+        elif isinstance(error, RecursionError):
+            reason = "a config is nested too deeply to read"
+        else:
+            reason = _first_line(error)
+        raise SetupError(f"could not load the pipeline in {model_id}: {reason}") from None
 
 
 def _load_expert(

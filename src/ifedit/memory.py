@@ -47,9 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SetupError
+from .errors import InvalidInputError, SetupError
+from .io import read_json
 from .presets import Preset
 from .sizes import fit_size
+
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit the safetensors library itself sets
 
 GIB = 2**30
 TIERS: tuple[str, ...] = ("resident", "model", "fp8-model", "group", "gguf", "sequential")  # fastest first
@@ -505,18 +508,20 @@ def folder_size(folder: Path) -> ModelSize | None:
     when its weights are not in safetensors files)."""
     try:
         return _folder_size(folder)
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+    except InvalidInputError as error:
         raise SetupError(f"cannot read the model sizes in {folder}: {error}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, struct.error) as error:
+        raise SetupError(f"cannot read the model sizes in {folder}: {type(error).__name__}: {error}") from None
 
 
 def _folder_size(folder: Path) -> ModelSize | None:
-    index = json.loads((folder / "model_index.json").read_text())
+    index = read_json(folder / "model_index.json", "a pipeline's index", dict)
     parts = {}
     for name in ("transformer", "transformer_2", "text_encoder", "vae", "image_encoder"):
         entry = index.get(name)
         if not entry or entry[0] is None:
             continue
-        config = json.loads((folder / name / "config.json").read_text())
+        config = read_json(folder / name / "config.json", f"the {name}'s config", dict)
         tensors = {}
         for path in _weight_files(folder / name):
             tensors.update(safetensors_counts(path))
@@ -531,7 +536,7 @@ def _folder_size(folder: Path) -> ModelSize | None:
 def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files from_pretrained reads: a sharded index's, else the unsuffixed ones (no fp16 variants)."""
     for index in folder.glob("*.safetensors.index.json"):
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index, "a sharded weights index", dict)["weight_map"].values()))
         return [folder / shard for shard in shards]
     return sorted(path for path in folder.glob("*.safetensors") if "." not in path.stem)
 
@@ -540,5 +545,9 @@ def safetensors_counts(path: Path) -> dict[str, int]:
     """Element count of every tensor in a safetensors file, from its header alone."""
     with path.open("rb") as file:
         (length,) = struct.unpack("<Q", file.read(8))
+        if length > MAX_SAFETENSORS_HEADER:
+            raise ValueError(f"{path.name} claims a header of {length} bytes, over the format's limit")
         header = json.loads(file.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name}'s header is not a JSON object")
     return {name: math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
+from .io import read_json
 from .options import EditSettings
 
 SchedulerName = Literal["euler", "unipc"]
@@ -235,10 +235,10 @@ def has_a14b_i2v_layout(folder: Path) -> bool:
     boundary, image-to-video (the expert takes the noise and the image condition, 2 x z_dim + 4 channels: the
     latents, the encoded image and its 4-channel frame mask), no image encoder, one timestep a sample."""
     try:
-        index = json.loads((folder / "model_index.json").read_text())
-        expert = json.loads((folder / "transformer" / "config.json").read_text())
-        z_dim = json.loads((folder / "vae" / "config.json").read_text()).get("z_dim", 16)
-    except (OSError, ValueError):
+        index = read_json(folder / "model_index.json", "a pipeline's index", dict)
+        expert = read_json(folder / "transformer" / "config.json", "an expert's config", dict)
+        z_dim = read_json(folder / "vae" / "config.json", "a VAE's config", dict).get("z_dim", 16)
+    except InvalidInputError:
         return False  # not this layout; loading the folder says what is wrong with it
     return (
         bool((index.get("transformer_2") or [None])[0])

@@ -3,10 +3,7 @@ right type, names that are safe as file names, images by their header (the loade
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import reprlib
 import unicodedata
 import warnings
 from dataclasses import dataclass
@@ -16,24 +13,16 @@ from typing import Any
 import PIL.Image
 
 from ..errors import InvalidInputError
-from ..io import MAX_PIXELS, MIN_SIDE, load_image
+from ..io import MAX_PIXELS, MIN_SIDE, load_image, shown
 from ..prompting import InputKind
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
-# Far above any benchmark's listing (the largest is well under 1 MiB); parsing a bigger file takes gigabytes.
-MAX_JSON_BYTES = 128 * 2**20
 # A name, its record's name and the hidden temporaries written beside both stay under the usual 255-byte limit.
 MAX_NAME_BYTES = 100
 # Separators, and what Windows and macOS filesystems refuse or read as something else (`:` is a stream or a slash).
 _NOT_IN_NAMES = frozenset('/\\<>:"|?*')
 # The formats the benchmarks ship their images in; Pillow's other decoders are not offered to downloaded data.
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
-_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
-               bool: "true or false", type(None): "null"}  # fmt: skip
-# A value from a listing in a message: escaped like repr, and bounded in length and depth.
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60
-shown = _REPR.repr
 
 
 @dataclass(frozen=True)
@@ -131,42 +120,6 @@ def safe_name(name: str, where: str) -> str:
             'bytes without / \\ : * ? " < > |, control characters or a leading dot'
         )
     return name
-
-
-def read_json(path: Path, what: str, kind: type | tuple[type, ...] = (dict, list)) -> Any:
-    """A JSON file of a benchmark or a run, or a one-line error naming `what`: missing, over MAX_JSON_BYTES, not
-    JSON, nested too deeply to parse, holding a key twice (one of two cases would vanish), or not of `kind`."""
-    if not path.is_file():
-        raise InvalidInputError(f"{what} {'is not a file' if path.exists() else 'not found'}: {path}")
-    try:
-        with path.open("rb") as file:
-            # One byte past the limit at most, and nothing when the size already says too much.
-            fits = os.fstat(file.fileno()).st_size <= MAX_JSON_BYTES
-            data = file.read(MAX_JSON_BYTES + 1) if fits else b""
-    except OSError as error:
-        raise InvalidInputError(f"{what} cannot be read: {path} ({error.strerror})") from None
-    if not fits or len(data) > MAX_JSON_BYTES:
-        raise InvalidInputError(f"{path} is over {MAX_JSON_BYTES // 2**20} MiB, too large for {what}")
-    try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError and a repeated key
-        raise InvalidInputError(f"{path} is not valid JSON ({error})") from None
-    except RecursionError:
-        raise InvalidInputError(f"{path} is nested too deeply to be {what}") from None
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not isinstance(value, kinds):
-        expected = " or ".join(dict.fromkeys(_JSON_TYPES[each] for each in kinds))
-        raise InvalidInputError(f"{path}: expected {expected} for {what}, got {_JSON_TYPES[type(value)]}")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    value: dict[str, Any] = {}
-    for key, item in pairs:
-        if key in value:
-            raise ValueError(f"the key {shown(key)} appears twice in one object")
-        value[key] = item
-    return value
 
 
 def listing_field(entry: Any, name: str, where: str, required: bool = True) -> str | None:

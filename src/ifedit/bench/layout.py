@@ -24,10 +24,10 @@ import PIL.Image
 
 from ..errors import InvalidInputError
 from ..folder_lock import LOCK, folder_locked
-from ..io import save_image, save_json
+from ..io import read_json, save_image, save_json
 from ..redact import strip_control
 from .benchmarks import get_benchmark
-from .cases import EditCase, read_json, safe_name
+from .cases import EditCase, safe_name
 
 MANIFEST = "manifest.json"
 SUBFOLDERS = ("images", "records", "failures")

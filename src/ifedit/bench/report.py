@@ -11,9 +11,8 @@ from typing import Any
 import PIL.Image
 
 from ..errors import InvalidInputError
-from ..io import atomic_path, load_image, save_image
+from ..io import atomic_path, load_image, read_json, save_image
 from .benchmarks import get_benchmark
-from .cases import read_json
 from .layout import RunFolder, output_relpath
 from .scoring import SCORES, finished_cases
 

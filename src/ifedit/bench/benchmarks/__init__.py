@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ...errors import InvalidInputError
-from ..cases import EditCase, shown
+from ...io import shown
+from ..cases import EditCase
 from .base import Benchmark, OfficialRun, OwnScores
 from .bytemorph import ByteMorph
 from .imgedit import ImgEdit

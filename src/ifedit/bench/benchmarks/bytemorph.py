@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidInputError, SetupError
-from ...io import IMAGE_SUFFIXES
-from ..cases import EditCase, listing_field, read_json, safe_id, safe_name, visible
+from ...io import IMAGE_SUFFIXES, read_json
+from ..cases import EditCase, listing_field, safe_id, safe_name, visible
 from ..published import Published
 from .base import Benchmark, OfficialRun, official_script
 

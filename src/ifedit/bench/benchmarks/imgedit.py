@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...io import save_json
-from ..cases import EditCase, existing_image, listing_field, name_field, read_json, safe_id, safe_name, shown
+from ...io import read_json, save_json, shown
+from ..cases import EditCase, existing_image, listing_field, name_field, safe_id, safe_name
 from ..published import Published
 from .base import Benchmark, OfficialRun, official_script
 

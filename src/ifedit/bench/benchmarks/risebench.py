@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InvalidInputError
-from ...io import save_json
-from ..cases import EditCase, existing_image, listing_field, name_field, read_json, safe_id, shown
+from ...io import read_json, save_json, shown
+from ..cases import EditCase, existing_image, listing_field, name_field, safe_id
 from ..published import Published
 from .base import Benchmark, OfficialRun, number, official_script
 

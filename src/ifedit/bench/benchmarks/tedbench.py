@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import PIL.Image
 
-from ..cases import EditCase, existing_image, listing_field, read_json, safe_id, safe_name
+from ...io import read_json
+from ..cases import EditCase, existing_image, listing_field, safe_id, safe_name
 from ..published import Published
 from .base import Benchmark, OwnScores
 
