@@ -16,7 +16,7 @@ from ifedit.toyworld.config import TrainConfig
 from ifedit.toyworld.detect import detect, region_error_reduction, score_edit
 from ifedit.toyworld.evaluate import bootstrap
 from ifedit.toyworld.model import build_tokenizer, build_vae, vocabulary
-from ifedit.toyworld.run_folder import claimed, finish
+from ifedit.toyworld.run_folder import SAVED_WHOLE, claimed, finish
 from ifedit.toyworld.scenes import (
     EVAL_SEED_START,
     EVENTS,
@@ -226,6 +226,8 @@ def test_training_saves_a_pipeline_that_edits(trained):
     assert len(saves) == 2, "one snapshot per expert stage: the second replaces the first"
     hidden = sorted(path.name for path in out.iterdir() if path.name.startswith("."))
     assert hidden == [], f"left behind: {hidden} (the lock, a partial VAE or snapshot)"
+    unknown = {path.name for path in out.iterdir()} - {*SAVED_WHOLE, "training.json"}
+    assert not unknown, f"a killed run's partial copies of {unknown} would not be recognised as leftovers"
     record = json.loads((out / "training.json").read_text())
     stages = ("vae_losses", "decoder_losses", "window_losses", "edge_losses", "polish_losses")
     assert [len(record[stage]) for stage in stages] == [2] * len(stages)
@@ -522,9 +524,9 @@ def test_a_rerun_reuses_a_whole_saved_vae_and_never_half_of_one(tmp_path):
     with pytest.raises(InvalidInputError, match=r"other settings \(retired_setting\); .* or remove \S*vae to train"):
         trained_vae(out, TINY_VAE, messages.append)
     # Each refusal asks to remove the VAE only: without vae_losses.json the folder would be refused as not a run's.
-    for damaged in ("[]", '{"settings": {}, "losses": [1]}', "{", "{}"):
+    for damaged in ("[]", '{"settings": {}, "losses": [1]}', "{", "{}", "[" * 100_000):
         (out / "vae_losses.json").write_text(damaged)
-        with pytest.raises(InvalidInputError, match=r"vae_losses.json cannot be read \(.*\); remove \S*vae to"):
+        with pytest.raises(InvalidInputError, match=r"vae_losses.json.*; remove \S*vae to train the VAE again$"):
             trained_vae(out, TINY_VAE, messages.append)
     (out / "vae_losses.json").write_text(json.dumps(saved["losses"]))  # an older ifedit's record: curves only
     with pytest.raises(InvalidInputError, match=r"does not record the settings .*older ifedit.*; remove \S*vae to"):
@@ -547,16 +549,53 @@ def test_a_training_folder_holds_only_a_training_run(tmp_path):
         train(foreign, FEW_STEPS, log=print)  # a few steps: a regression here must not start hours of training
     assert (foreign / "vae" / "notes.txt").read_text() == "mine" and sorted(foreign.iterdir()) == [foreign / "vae"]
 
+    hidden = tmp_path / "hidden"  # hidden entries alike in name to a run's leftovers are the user's all the same
+    for name in (".tmp", ".config.old", ".tmp.driveupload"):
+        (hidden / name).mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match=r"is not empty and holds no unfinished training run"):
+        train(hidden, FEW_STEPS, log=print)
+    assert sorted(path.name for path in hidden.iterdir()) == [".config.old", ".tmp", ".tmp.driveupload"]
+
     unfinished = tmp_path / "run"
     unfinished.mkdir()
     (unfinished / "vae_losses.json").write_text("{}")
-    leftovers = [".vae.partial", ".snapshot.old", ".pipeline.partial"]
+    leftovers = [".vae.partial", ".snapshot.old", ".pipeline.partial", ".transformer_2.old"]
     for name in leftovers:
         (unfinished / name).mkdir()
-    (unfinished / ".vae_losses.0123.tmp.json").write_text("{")
+    (unfinished / ".vae_losses.0123456789abcdef.tmp.json").write_text("{")
+    (unfinished / ".notes.old").write_text("the user's")
     with claimed(unfinished):
-        assert sorted(path.name for path in unfinished.iterdir()) == [".lock", "vae_losses.json"]
-    assert sorted(path.name for path in unfinished.iterdir()) == ["vae_losses.json"]
+        assert sorted(path.name for path in unfinished.iterdir()) == [".lock", ".notes.old", "vae_losses.json"]
+    assert sorted(path.name for path in unfinished.iterdir()) == [".notes.old", "vae_losses.json"]
+
+    killed = tmp_path / "killed"  # a run killed before it wrote anything but a record's temporary
+    killed.mkdir()
+    (killed / ".vae_losses.fedcba9876543210.tmp.json").write_text("")
+    with claimed(killed):
+        pass
+    assert list(killed.iterdir()) == []
+
+
+def test_a_swap_killed_between_its_two_renames_is_completed_not_cleared(tmp_path):
+    """A kill after the old snapshot (or VAE) moved aside and before the new one moved in leaves neither in place;
+    clearing both as leftovers would lose the last snapshot, or a VAE whose record is already written."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "vae_losses.json").write_text("{}")
+    for name in ("snapshot", "vae"):
+        (out / f".{name}.old").mkdir()
+        (out / f".{name}.old" / "weights").write_text("older")
+        (out / f".{name}.partial").mkdir()
+        (out / f".{name}.partial" / "weights").write_text("saved whole")
+    with claimed(out):
+        pass
+    assert sorted(path.name for path in out.iterdir()) == ["snapshot", "vae", "vae_losses.json"]
+    assert all((out / name / "weights").read_text() == "saved whole" for name in ("snapshot", "vae"))
+
+    (out / ".snapshot.partial").mkdir()  # a save killed part-way, the old snapshot still in place: kept
+    with claimed(out):
+        pass
+    assert (out / "snapshot" / "weights").read_text() == "saved whole" and not (out / ".snapshot.partial").exists()
 
 
 def test_the_finished_pipeline_moves_in_without_touching_the_saved_vae_or_following_links(tmp_path):

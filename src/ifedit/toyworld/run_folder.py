@@ -16,17 +16,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..folder_lock import LOCK, folder_locked
-from ..io import atomic_path, save_json
+from ..io import atomic_path, read_json, save_json
 from ..presets import TOYWORLD_TRAINING_RECORD
 
 VAE_LOSSES = "vae_losses.json"
 PARTIAL, PREVIOUS = ".partial", ".old"  # suffixes of a folder being saved, and of the one it replaces
+# The entries a run saves whole: its own folders (the finished pipeline is staged as `pipeline`) and the pipeline's
+# parts. Only their partial and previous copies are a killed run's leftovers; any other hidden entry is the user's.
+SAVED_WHOLE = ("vae", "snapshot", "pipeline", "model_index.json", "scheduler", "text_encoder", "tokenizer",
+               "transformer", "transformer_2")  # fmt: skip
+# The temporary of an atomically written record (`io.atomic_path`): a killed run may leave one before anything else.
+_RECORD_TEMPORARY = re.compile(r"\.(vae_losses|training)\.[0-9a-f]{16}\.tmp\.json")
 
 
 @contextlib.contextmanager
@@ -47,6 +54,7 @@ def claimed(out: Path) -> Iterator[None]:
                 f"--out {out} is not empty and holds no unfinished training run ({VAE_LOSSES}); choose an empty or "
                 "new folder"
             )
+        _complete_swaps(out)
         for path in out.iterdir():
             if _leftover(path):
                 remove(path)
@@ -61,9 +69,21 @@ def _refuse_finished(out: Path) -> None:
 
 
 def _leftover(path: Path) -> bool:
-    """A part a killed run was writing (a folder saved whole, an atomic file's temporary); not the lock."""
+    """A part a killed run was writing (a folder being saved whole, the one it replaced, a record's temporary)."""
     name = path.name
-    return name != LOCK and name.startswith(".") and (name.endswith((PARTIAL, PREVIOUS)) or ".tmp" in name)
+    saved_whole = {f".{entry}{suffix}" for entry in SAVED_WHOLE for suffix in (PARTIAL, PREVIOUS)}
+    return name in saved_whole or _RECORD_TEMPORARY.fullmatch(name) is not None
+
+
+def _complete_swaps(out: Path) -> None:
+    """Finish the swap a kill interrupted between its two renames (`_swap_in`): the old folder moved aside, the new
+    one, saved whole before the first rename, not yet in its place. Without this the leftovers' removal would lose
+    both (the last snapshot, a VAE whose record is already written)."""
+    for name in ("vae", "snapshot"):
+        place, new, aside = out / name, out / f".{name}{PARTIAL}", out / f".{name}{PREVIOUS}"
+        interrupted = os.path.lexists(aside) and not os.path.lexists(place)
+        if interrupted and new.is_dir() and not new.is_symlink():
+            new.rename(place)
 
 
 def saved_vae_record(out: Path, settings: dict) -> dict | None:
@@ -76,23 +96,24 @@ def saved_vae_record(out: Path, settings: dict) -> dict | None:
     # Each refusal asks to remove the VAE only: this file marks `out` an unfinished run's, and the next run writes
     # it anew once it has trained the VAE again.
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise InvalidInputError(f"{path} cannot be read ({error}); remove {folder} to train the VAE again") from None
-    if isinstance(record, dict) and record and "settings" not in record and _is_losses(record):
+        record = read_json(path, "the record of the saved VAE", dict)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{error}; remove {folder} to train the VAE again") from None
+    if record and "settings" not in record and _is_losses(record):
         raise InvalidInputError(
             f"{path} does not record the settings of the VAE in {folder} (an older ifedit wrote it); remove {folder} "
             "to train the VAE again"
         )
-    if not (
-        isinstance(record, dict) and isinstance(record.get("settings"), dict) and _is_losses(record.get("losses"))
-    ):
+    if not (isinstance(record.get("settings"), dict) and _is_losses(record.get("losses"))):
         raise InvalidInputError(
             f"{path} cannot be read (not a record of settings and losses); remove {folder} to train the VAE again"
         )
     saved = record["settings"]
     if saved != settings:
-        changed = sorted(name for name in saved.keys() | settings.keys() if saved.get(name) != settings.get(name))
+        missing = object()  # a setting one of the two lacks differs even from a null
+        changed = sorted(
+            name for name in saved.keys() | settings.keys() if saved.get(name, missing) != settings.get(name, missing)
+        )
         raise InvalidInputError(
             f"the VAE in {folder} was trained with other settings ({', '.join(changed)}); train with the same "
             f"settings, into another --out, or remove {folder} to train it again"
