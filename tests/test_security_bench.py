@@ -369,11 +369,18 @@ def test_a_damaged_manifest_is_one_line(tmp_path, tiny_dirs, capsys, text):
     assert (out / "manifest.json").read_text() == text and not list((out / "images").rglob("*.png"))
 
 
-def test_damaged_records_and_failures_are_redone_not_a_crash(tmp_path, tiny_dirs):
+def test_damaged_records_and_failures_are_redone_not_a_crash(tmp_path, tiny_dirs, capsys):
     data, out = risebench(tmp_path / "data"), tmp_path / "run"
     assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "2") == 0
     for folder, text in (("records", "[]"), ("failures", '"x"')):
         (out / folder / "temporal_reasoning_1.json").write_text(text)
+    causal = out / "records" / "causal_reasoning_1.json"
+    kept = causal.read_text()
+    causal.write_text('{"case": "not an object"}')
+    capsys.readouterr()
+    assert main(["bench", "score", str(out)]) == 2  # a damaged record is an unfinished case, not a crash
+    assert _one_line_error(capsys).endswith("has no finished cases to score\n")
+    causal.write_text(kept)
     before = {path.name: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")}
     assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "2") == 0
     after = {path.name: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import subprocess
@@ -50,13 +49,16 @@ def finished_cases(folder: RunFolder) -> list[EditCase]:
     """The finished cases of a run, rebuilt from their records alone."""
     found = []
     for path in sorted((folder.root / "records").glob("*.json")):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        info = record["case"]
-        case = EditCase(
-            info["benchmark"], info["id"], info["key"], info["text"], info["input_kind"], info["category"],
-            Path(info["source"]), Path(info["reference"]) if info["reference"] else None, info["reference_text"],
-            info["side_by_side"],
-        )  # fmt: skip
+        record = folder.read_record(path.stem)
+        try:
+            info = record["case"]
+            case = EditCase(
+                info["benchmark"], info["id"], info["key"], info["text"], info["input_kind"], info["category"],
+                Path(info["source"]), Path(info["reference"]) if info["reference"] else None, info["reference_text"],
+                info["side_by_side"],
+            )  # fmt: skip
+        except (TypeError, KeyError):  # missing, damaged or of another shape: not finished; `bench run` redoes it
+            continue
         if folder.finished(case):
             found.append(case)
     return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,8 @@ from ...io import IMAGE_SUFFIXES, read_json
 from ..cases import EditCase, listing_field, safe_id, safe_name, visible
 from ..published import Published
 from .base import Benchmark, OfficialRun, official_script
+
+ANY_JSON_SCORE = (dict, list, int, float)  # gpt_eval.py's averages: a number or a table of them
 
 
 class ByteMorph(Benchmark):
@@ -79,7 +80,7 @@ class ByteMorph(Benchmark):
         run.launch(official_script(evaluation, "gpt_eval.py"), "--src_root", images, "--output_root",
                    work.resolve(), cwd=evaluation)  # fmt: skip
         averages = {
-            path.name.removesuffix("_avg_score.json"): json.loads(path.read_text(encoding="utf-8"))
+            path.name.removesuffix("_avg_score.json"): read_json(path, "a ByteMorph-Bench average", ANY_JSON_SCORE)
             for path in sorted(work.glob("*_avg_score.json"))
         }
         if not averages:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ class ImgEdit(Benchmark):
         run.launch(official_script(basic, "step2_typescore.py"), "--average_score_json", average.resolve(),
                    "--typescore_json", types.resolve(), "--basic_edit", subset.resolve(), cwd=basic,
                    judge=False)  # fmt: skip
-        per_type = json.loads(types.read_text(encoding="utf-8"))
+        per_type = read_json(types, "ImgEdit-Bench scores by type (typescore.json)", dict)
         overall = sum(per_type.values()) / len(per_type) if per_type else None
         return {
             "comparable": {"overall": overall} if overall is not None else {},
