@@ -395,6 +395,7 @@ WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
     [("model_index.json", DEEP, "nested too deeply"),
      ("model_index.json", "[1, 2]", "expected an object for a pipeline's index, got a list"),
      ("model_index.json", "{}", "_class_name|is not a Wan pipeline"),
+     ("model_index.json", lambda index: {**index, "transformer_2": 5}, "transformer_2"),
      ("transformer/config.json", DEEP, "nested too deeply"),
      ("transformer/config.json", '["a list"]', "expected an object"),
      ("vae/config.json", '{"z_dim": ' * 50_000, "nested too deeply"),
@@ -407,6 +408,8 @@ def test_a_model_folder_with_damaged_files_is_one_line_naming_the_folder(tmp_pat
     what is wrong), never a traceback or gigabytes read."""
     folder = tmp_path / "model"
     shutil.copytree(tiny_dirs["a14b"], folder)
+    if callable(text):  # a change to the real file
+        text = json.dumps(text(json.loads((folder / part).read_text())))
     (folder / part).write_bytes(text if isinstance(text, bytes) else text.encode())
     output = tmp_path / "o.png"
     for command in (["plan", "--gpu-memory", "24"], ["edit", str(source), "melt", "-o", str(output), *FAST]):

@@ -49,7 +49,7 @@ from .memory import (
     weights_of,
 )
 from .pipeline import IFEditPipeline
-from .presets import LoraWeights, Preset
+from .presets import LoraWeights, Preset, has_component
 from .speed import check_fp8_compute, check_vae_dtype, fp8_compute, resolve_attention_backend, set_vae
 from .tiny import tiny_components
 
@@ -617,8 +617,11 @@ def _from_pretrained(
     is_local = Path(model_id).expanduser().is_dir()
     if is_local:  # diffusers' words for an index of the wrong shape name neither the file nor the problem
         try:
-            read_json(Path(model_id).expanduser() / "model_index.json", "a pipeline's index", dict)
-        except InvalidInputError as error:
+            index = read_json(Path(model_id).expanduser() / "model_index.json", "a pipeline's index", dict)
+            modules, _ = IFEditPipeline._get_signature_keys(IFEditPipeline)
+            for name in modules:
+                has_component(index, name)  # checked for its ValueError: an entry that is not [library, class]
+        except ValueError as error:  # InvalidInputError among them
             raise SetupError(f"could not load the pipeline in {model_id}: {error}") from None
     try:
         return IFEditPipeline.from_pretrained(

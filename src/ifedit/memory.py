@@ -49,7 +49,7 @@ from typing import Any
 
 from .errors import InvalidInputError, SetupError
 from .io import read_json
-from .presets import Preset
+from .presets import Preset, has_component
 from .sizes import fit_size
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the limit the safetensors library itself sets
@@ -518,8 +518,7 @@ def _folder_size(folder: Path) -> ModelSize | None:
     index = read_json(folder / "model_index.json", "a pipeline's index", dict)
     parts = {}
     for name in ("transformer", "transformer_2", "text_encoder", "vae", "image_encoder"):
-        entry = index.get(name)
-        if not entry or entry[0] is None:
+        if not has_component(index, name):
             continue
         config = read_json(folder / name / "config.json", f"the {name}'s config", dict)
         tensors = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
-from .io import read_json
+from .io import read_json, shown
 from .options import EditSettings
 
 SchedulerName = Literal["euler", "unipc"]
@@ -238,15 +238,26 @@ def has_a14b_i2v_layout(folder: Path) -> bool:
         index = read_json(folder / "model_index.json", "a pipeline's index", dict)
         expert = read_json(folder / "transformer" / "config.json", "an expert's config", dict)
         z_dim = read_json(folder / "vae" / "config.json", "a VAE's config", dict).get("z_dim", 16)
-    except InvalidInputError:
+        return (
+            has_component(index, "transformer_2")
+            and index.get("boundary_ratio") is not None
+            and not has_component(index, "image_encoder")
+            and not index.get("expand_timesteps")
+            and expert.get("in_channels") == 2 * z_dim + 4
+        )
+    except (ValueError, TypeError):  # InvalidInputError among them; a TypeError from a value of the wrong type
         return False  # not this layout; loading the folder says what is wrong with it
-    return (
-        bool((index.get("transformer_2") or [None])[0])
-        and index.get("boundary_ratio") is not None
-        and not (index.get("image_encoder") or [None])[0]
-        and not index.get("expand_timesteps")
-        and expert.get("in_channels") == 2 * z_dim + 4
-    )
+
+
+def has_component(index: dict, name: str) -> bool:
+    """Whether a pipeline's index (model_index.json) names a module for `name`: its entry is [library, class], both
+    null or the entry absent when the pipeline has none; any other entry is a ValueError naming it."""
+    entry = index.get(name)
+    if entry is None:
+        return False
+    if not (isinstance(entry, list) and len(entry) == 2):
+        raise ValueError(f"model_index.json's {name} entry is {shown(entry)}, not [library, class]")
+    return entry[1] is not None
 
 
 def resolve_model(model: str) -> Preset:
