@@ -194,7 +194,7 @@ def test_ray_with_two_cpu_workers_matches_one_process(tmp_path, tiny_dirs):
 def test_ray_missing_is_one_line(tmp_path, tiny_dirs, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)
     assert _run("risebench", risebench(tmp_path / "rise"), tmp_path / "run", tiny_dirs["a14b"], "--ray") == 1
-    assert capsys.readouterr().err.strip() == "ifedit: error: --ray needs Ray: pip install 'ifedit[bench]'"
+    assert capsys.readouterr().err.strip() == "ifedit: error: --ray needs Ray: pip install 'ray>=2.9'"
 
 
 class DiesOnCase(CaseEditor):

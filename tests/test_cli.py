@@ -262,7 +262,7 @@ def test_save_video_without_the_video_extra_says_what_to_install(tmp_path, sourc
     )
     output = tmp_path / "o.png"
     assert _edit(source, output, tiny_dirs["a14b"], "--save-video") == 1
-    assert "pip install 'ifedit[video]'" in capsys.readouterr().err
+    assert "pip install 'imageio>=2.30' 'imageio-ffmpeg>=0.5'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [source]
 
 

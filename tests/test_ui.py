@@ -236,7 +236,8 @@ def test_ui_without_gradio_is_one_line(monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "gradio" else real(name))
     assert main(["ui", "--model", "debug-tiny"]) == EXIT_SETUP
-    assert capsys.readouterr().err == "ifedit: error: ifedit ui needs the ui extra: pip install 'ifedit[ui]'\n"
+    packages = "'gradio>=6.0' 'imageio>=2.30' 'imageio-ffmpeg>=0.5'"  # the video extra's too
+    assert capsys.readouterr().err == f"ifedit: error: ifedit ui needs the ui extra: pip install {packages}\n"
     code = "import sys, ifedit.cli; sys.exit('gradio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -17,6 +17,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors import safe_open
 
 from .errors import InvalidInputError, SetupError
+from .extras import install_command
 from .presets import LoraWeights, Preset
 
 EXPERT_SUFFIXES = (".safetensors", ".gguf")
@@ -250,7 +251,7 @@ def _gguf_reader(path: Path):
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise SetupError("GGUF experts need the gguf package: pip install 'ifedit[gguf]'") from None
+        raise SetupError(f"GGUF experts need the gguf package: {install_command('gguf')}") from None
     try:
         return GGUFReader(path)
     except (OSError, ValueError, KeyError) as error:

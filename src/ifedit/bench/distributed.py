@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import SetupError
+from ..extras import install_command
 from .layout import describe_error
 from .runner import CaseEditor, Outcome, RunPlan, Task
 
@@ -24,7 +25,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise SetupError("--ray needs Ray: pip install 'ifedit[bench]'") from None
+        raise SetupError(f"--ray needs Ray: {install_command('bench')}") from None
     return ray
 
 

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ..errors import InvalidInputError, SetupError
+from ..extras import install_command
 from ..io import check_output_path, check_writable, load_image
 from ..options import check_seed
 from ..presets import resolve_model
@@ -123,7 +124,7 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
     paths = {"image": image}
     if args.save_video:
         if importlib.util.find_spec("imageio_ffmpeg") is None:
-            raise SetupError("--save-video needs the video extra: pip install 'ifedit[video]'")
+            raise SetupError(f"--save-video needs the video extra: {install_command('video')}")
         paths["video"] = image.with_suffix(".mp4")
     paths["record"] = image.with_suffix(".json")  # last: staged_outputs moves the record in after everything else
     for name, path in paths.items():

@@ -8,6 +8,7 @@ import logging
 import os
 
 from ..errors import InvalidInputError, SetupError
+from ..extras import install_command
 from ..presets import resolve_model
 from .options import (
     add_model_arguments,
@@ -40,7 +41,7 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("gradio") is None or importlib.util.find_spec("imageio_ffmpeg") is None:
-        raise SetupError("ifedit ui needs the ui extra: pip install 'ifedit[ui]'")
+        raise SetupError(f"ifedit ui needs the ui extra: {install_command('ui')}")
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port must be between 1 and 65535, got {args.port}")
     preset = with_lora_options(resolve_model(args.model), args)

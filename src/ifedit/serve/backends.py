@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SetupError
+from ..extras import install_command
 from .form import EditRequest
 from .replica import EditReplica, Event, error_event
 
@@ -170,7 +171,7 @@ def import_ray_serve():
         import ray
         from ray import serve
     except ImportError:
-        raise SetupError("--replicas and --ray need Ray Serve: pip install 'ifedit[serve]'") from None
+        raise SetupError(f"--replicas and --ray need Ray Serve: {install_command('serve')}") from None
     return ray, serve
 
 

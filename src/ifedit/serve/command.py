@@ -10,6 +10,7 @@ import os
 
 from ..cli import options as cli_options
 from ..errors import InvalidInputError, SetupError
+from ..extras import install_command
 from ..loading import check_placement
 from ..presets import resolve_model
 from ..redact import register_secret
@@ -47,7 +48,7 @@ def build_service(args: argparse.Namespace):
     """The Service for `args`, every option checked before anything loads."""
     missing = [name for name in SERVE_MODULES if importlib.util.find_spec(name) is None]
     if missing:
-        raise SetupError(f"ifedit serve needs the serve extra (missing {missing[0]}): pip install 'ifedit[serve]'")
+        raise SetupError(f"ifedit serve needs the serve extra (missing {missing[0]}): {install_command('serve')}")
     key = api_key(args)
     _check_server_options(args)
     preset = cli_options.with_lora_options(resolve_model(args.model), args)
