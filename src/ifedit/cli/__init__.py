@@ -117,16 +117,18 @@ def _register_secrets(argv: Sequence[str]) -> None:
 def _terminate_as_interrupt():
     """SIGTERM (a service manager, `kill`, a closed terminal's shell) stops a run the way Ctrl-C does, so temporary
     outputs are removed on the way out instead of left behind."""
+    received: list[int] = []  # the signal, for the exit status (128 + its number, as a shell reports it)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def interrupt(signum, frame):
+        received.append(signum)
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -141,9 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = recorded_argv(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
+    received: list[int] = []
     try:
         _check_common_options(args)
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt() as received:
             return args.func(args)
     except InvalidInputError as error:
         print(f"ifedit: error: {safe_text(error)}", file=sys.stderr)
@@ -153,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SETUP
     except KeyboardInterrupt:
         print("ifedit: interrupted; outputs of the unfinished work were not written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + received[0] if received else EXIT_INTERRUPTED
 
 
 def _configure_logging(quiet: bool) -> None:

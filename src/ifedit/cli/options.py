@@ -35,6 +35,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_INPUT, f"{self.prog}: error: {safe_text(message)} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # A command's unknown option is refused by the command's parser, whose --help lists its options; argparse
+        # would pass it up to `ifedit`, whose --help does not.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
 
 def finite_float(text: str) -> float:
     """argparse type: a real number; 'inf' and 'nan' would run and give a black image."""
