@@ -198,6 +198,13 @@ def test_recorded_command_lines_hide_api_keys():
     assert recorded_argv(["edit", "api-key", "--vlm-api-model", "m"]) == ["edit", "api-key", "--vlm-api-model", "m"]
 
 
+def test_prompt_command_without_a_vlm_says_so_once(source, capsys, monkeypatch):
+    monkeypatch.delenv("IFEDIT_VLM_BASE_URL", raising=False)
+    assert main(["prompt", str(source), "make the square a triangle"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("no VLM configured") == 1 and "written by template" in err, err
+
+
 def test_prompt_command_asks_the_configured_server(tmp_path, source, chat_server, capsys):
     code = main(["prompt", str(source), "make the square a triangle", "--vlm-base-url", chat_server.url,
                  "--vlm-api-model", "tiny-vlm", "--vlm-api-key", "k"])  # fmt: skip

@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     print(safe_text(result.prompt))
     source = result.backend + (f" ({result.model})" if result.model else "")
     cached = ", from cache" if result.cached else ""
+    # The backends passed over were said as warnings when it happened; --json keeps them in the record.
     print(safe_text(f"# written by {source} in {result.elapsed_s:.1f} s{cached}"), file=sys.stderr)
-    for fallback in result.fallbacks:
-        print(safe_text(f"# passed over {fallback.backend}: {fallback.reason}"), file=sys.stderr)
     return 0
