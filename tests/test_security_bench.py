@@ -358,7 +358,7 @@ def test_an_oversized_listing_is_refused_without_reading_it(tmp_path, tiny_dirs,
     assert f"{data / 'input_list.json'} is over 128 MiB, too large for TEdBench list" in _one_line_error(capsys)
 
 
-@pytest.mark.parametrize("text", ["[]", '"x"', "null", "5", '{"a":' * DEEP + "1" + "}" * DEEP, "{oops"])
+@pytest.mark.parametrize("text", ["[]", '"x"', "null", "5", '{"a":' * DEEP + "1" + "}" * DEEP, "{oops", "{}"])
 def test_a_damaged_manifest_is_one_line(tmp_path, tiny_dirs, capsys, text):
     data, out = risebench(tmp_path / "data"), tmp_path / "run"
     out.mkdir()
@@ -376,11 +376,20 @@ def test_damaged_records_and_failures_are_redone_not_a_crash(tmp_path, tiny_dirs
         (out / folder / "temporal_reasoning_1.json").write_text(text)
     causal = out / "records" / "causal_reasoning_1.json"
     kept = causal.read_text()
-    causal.write_text('{"case": "not an object"}')
-    capsys.readouterr()
-    assert main(["bench", "score", str(out)]) == 2  # a damaged record is an unfinished case, not a crash
-    assert _one_line_error(capsys).endswith("has no finished cases to score\n")
+    case = json.loads(kept)["case"]
+    # A damaged record is a case not finished, never a crash: of another shape, with fields of other types, of
+    # another benchmark or case; and a temporary a killed run left beside the records is no record at all.
+    (out / "records" / ".causal_reasoning_1.0123456789abcdef.tmp.json").write_text(kept)
+    for damaged in ("not an object", {**case, "id": 5}, {**case, "key": [1]}, {**case, "side_by_side": "no"},
+                    {**case, "benchmark": "tedbench"}, {**case, "id": "temporal_reasoning_1"}):  # fmt: skip
+        causal.write_text(json.dumps({**json.loads(kept), "case": damaged}))
+        capsys.readouterr()
+        assert main(["bench", "score", str(out)]) == 2, damaged
+        assert _one_line_error(capsys).endswith("has no finished cases to score\n")
     causal.write_text(kept)
+    assert main(["bench", "score", str(out)]) == 0
+    assert json.loads((out / "scores.json").read_text())["cases_scored"] == 1
+    (out / "records" / ".causal_reasoning_1.0123456789abcdef.tmp.json").unlink()
     before = {path.name: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")}
     assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "2") == 0
     after = {path.name: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")}

@@ -27,7 +27,7 @@ from ..folder_lock import LOCK, folder_locked
 from ..io import read_json, save_image, save_json
 from ..redact import strip_control
 from .benchmarks import get_benchmark
-from .cases import EditCase, safe_name
+from .cases import EditCase, name_problem, safe_name
 
 MANIFEST = "manifest.json"
 SUBFOLDERS = ("images", "records", "failures")
@@ -172,9 +172,15 @@ class RunFolder:
         if not self.manifest_path.exists() and not self.manifest_path.is_symlink():
             return None
         try:
-            return read_json(self.manifest_path, "a run manifest", dict)
+            manifest = read_json(self.manifest_path, "a run manifest", dict)
         except InvalidInputError as error:
             raise InvalidInputError(f"{error}; remove it or use another --out") from None
+        problem = _manifest_problem(manifest)
+        if problem is not None:
+            raise InvalidInputError(
+                f"{self.manifest_path} is not a run manifest ({problem}); remove it or use another --out"
+            )
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         save_json(manifest, self.manifest_path)
@@ -203,6 +209,39 @@ class RunFolder:
 def _regular(path: Path) -> bool:
     """A plain file, not a link: a link planted in the run folder could point anywhere."""
     return path.is_file() and not path.is_symlink()
+
+
+# What `bench score` and `bench report` read from a manifest, with the types `bench run` writes.
+_MANIFEST_FIELDS = {"benchmark": str, "data": str, "seed": int, "model": dict, "settings": dict}
+_SETTINGS_FIELDS = {"num_inference_steps": int, "num_frames": int, "tld_stride": int, "refine": bool}
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    for fields, where in ((_MANIFEST_FIELDS, manifest), (_SETTINGS_FIELDS, manifest.get("settings"))):
+        for name, kind in fields.items():
+            if not isinstance(where, dict) or not isinstance(where.get(name), kind):
+                return f"{name} is missing or not {kind.__name__}"
+    if not isinstance(manifest["model"].get("preset"), str):
+        return "model.preset is missing or not str"
+    return None
+
+
+def case_from_record(record: Any, benchmark: str, case_id: str) -> EditCase | None:
+    """The case `case_record` stored in the record of `case_id`, or None when the record is damaged, of another
+    shape, of another benchmark or of another case (`bench run` then redoes the case)."""
+    info = record.get("case") if isinstance(record, dict) else None
+    texts = ("benchmark", "id", "key", "category", "text", "input_kind", "source")
+    if not (isinstance(info, dict) and all(isinstance(info.get(name), str) for name in texts)):
+        return None
+    if not (all(info.get(name) is None or isinstance(info[name], str) for name in ("reference", "reference_text"))
+            and isinstance(info.get("side_by_side", False), bool)):  # fmt: skip
+        return None
+    if info["benchmark"] != benchmark or info["id"] != case_id or name_problem(case_id) is not None:
+        return None
+    reference = info.get("reference")
+    return EditCase(info["benchmark"], info["id"], info["key"], info["text"], info["input_kind"], info["category"],
+                    Path(info["source"]), Path(reference) if reference else None, info.get("reference_text"),
+                    info.get("side_by_side", False))  # fmt: skip
 
 
 def case_record(case: EditCase) -> dict[str, Any]:

@@ -35,9 +35,9 @@ def write_report(root: Path) -> list[Path]:
             "no scores yet: run `ifedit bench score %s` first for metrics; the report lists the outputs", root
         )
     per_case = scores.get("cases", {})
-    cases = finished_cases(folder)
-    metrics = sorted({name for values in per_case.values() for name, v in values.items() if _is_number(v)})
     benchmark = manifest["benchmark"]
+    cases = finished_cases(folder, benchmark)
+    metrics = sorted({name for values in per_case.values() for name, v in values.items() if _is_number(v)})
     title = f"ifedit on {benchmark}: {manifest['model']['preset']}"  # a preset's name, not a folder of weights
     summary = _summary_rows(scores, metrics)
     published = [(p.method, p.metric, _format(p.value), p.note) for p in get_benchmark(benchmark).published]

@@ -20,7 +20,7 @@ from ..io import load_image, save_json
 from ..loading import resolve_device
 from .benchmarks import Benchmark, OfficialRun, get_benchmark
 from .cases import EditCase
-from .layout import RunFolder, output_half
+from .layout import RunFolder, case_from_record, output_half
 from .metrics import sharpness
 from .published import JUDGE_MODEL
 
@@ -45,21 +45,15 @@ class ScoreOptions:
     judge_api_key: str | None = field(default=None, repr=False)
 
 
-def finished_cases(folder: RunFolder) -> list[EditCase]:
-    """The finished cases of a run, rebuilt from their records alone."""
+def finished_cases(folder: RunFolder, benchmark: str) -> list[EditCase]:
+    """The finished cases of a run, rebuilt from their records alone; a damaged record, or a temporary a killed
+    run left (a hidden file), is a case not finished, which `bench run` redoes."""
     found = []
     for path in sorted((folder.root / "records").glob("*.json")):
-        record = folder.read_record(path.stem)
-        try:
-            info = record["case"]
-            case = EditCase(
-                info["benchmark"], info["id"], info["key"], info["text"], info["input_kind"], info["category"],
-                Path(info["source"]), Path(info["reference"]) if info["reference"] else None, info["reference_text"],
-                info["side_by_side"],
-            )  # fmt: skip
-        except (TypeError, KeyError):  # missing, damaged or of another shape: not finished; `bench run` redoes it
+        if path.name.startswith("."):
             continue
-        if folder.finished(case):
+        case = case_from_record(folder.read_record(path.stem), benchmark, path.stem)
+        if case is not None and folder.finished(case):
             found.append(case)
     return found
 
@@ -71,7 +65,7 @@ def score_run(root: Path, options: ScoreOptions) -> Path:
     if manifest is None:
         raise InvalidInputError(f"{folder.root} is not a run folder (no {folder.manifest_path.name}); see bench run")
     benchmark = get_benchmark(manifest["benchmark"])
-    cases = finished_cases(folder)
+    cases = finished_cases(folder, manifest["benchmark"])
     if not cases:
         raise InvalidInputError(f"{folder.root} has no finished cases to score")
     device = resolve_device(options.device)
