@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import huggingface_hub
 import PIL.Image
@@ -24,7 +25,7 @@ from ifedit.loading import (
     resolve_dtype,
     retry_tier,
 )
-from ifedit.memory import KNOWN_SIZES, Clip
+from ifedit.memory import KNOWN_SIZES, Clip, folder_size
 from ifedit.options import EditSettings
 from ifedit.presets import PRESETS, LoraWeights, custom_preset, get_preset, resolve_model
 from ifedit.tiny import tiny_transformer
@@ -67,6 +68,20 @@ def test_resolve_model(tmp_path, tiny_dirs):
         resolve_model("wan")
     with pytest.raises(InvalidInputError, match="unknown preset 'fast'; choose one of paper"):
         get_preset("fast")
+
+
+def test_a_folders_layout_is_read_as_diffusers_reads_its_index_and_configs(tmp_path, tiny_dirs):
+    """A repeated key keeps its last value and an entry [null] means no module, as in diffusers: neither may turn
+    the paper's layout into a custom model with other defaults (no LoRAs, no refinement) without a word."""
+    folder = tmp_path / "a14b"
+    shutil.copytree(tiny_dirs["a14b"], folder)
+    config = folder / "vae" / "config.json"
+    text = config.read_text()
+    config.write_text(text.replace("{", '{"z_dim": 3,', 1))  # the file's own z_dim comes later and counts
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "image_encoder": [None]}))
+    assert resolve_model(str(folder)).name == "paper (local folder)"
+    assert folder_size(folder) == folder_size(Path(tiny_dirs["a14b"]))
 
 
 def test_debug_tiny_builds_in_memory_and_edits():

@@ -262,9 +262,10 @@ def _place(source: Path, target: Path, overwrite: bool) -> None:
         source.unlink()
 
 
-def read_json(path: Path, what: str, kind: type | tuple[type, ...] = (dict, list)) -> Any:
+def read_json(path: Path, what: str, kind: type | tuple[type, ...] = (dict, list), unique_keys: bool = True) -> Any:
     """A JSON file a user or a download supplies, or a one-line error naming `what`: missing, over MAX_JSON_BYTES, not
-    JSON, nested too deeply to parse, holding a key twice (one of two cases would vanish), or not of `kind`."""
+    JSON, nested too deeply to parse, holding a key twice (one of two cases would vanish; `unique_keys=False` for
+    files other tools read too, which take the last), or not of `kind`."""
     if not path.is_file():
         raise InvalidInputError(f"{what} {'is not a file' if path.exists() else 'not found'}: {path}")
     try:
@@ -277,7 +278,7 @@ def read_json(path: Path, what: str, kind: type | tuple[type, ...] = (dict, list
     if not fits or len(data) > MAX_JSON_BYTES:
         raise InvalidInputError(f"{path} is over {MAX_JSON_BYTES // 2**20} MiB, too large for {what}")
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys if unique_keys else None)
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError and a repeated key
         raise InvalidInputError(f"{path} is not valid JSON ({error})") from None
     except RecursionError:
@@ -287,6 +288,12 @@ def read_json(path: Path, what: str, kind: type | tuple[type, ...] = (dict, list
         expected = " or ".join(dict.fromkeys(_JSON_TYPES[each] for each in kinds))
         raise InvalidInputError(f"{path}: expected {expected} for {what}, got {_JSON_TYPES[type(value)]}")
     return value
+
+
+def read_model_json(path: Path, what: str) -> dict[str, Any]:
+    """A model's config or index as diffusers reads it (a repeated key keeps its last value), or a one-line error:
+    missing, too large, not JSON, nested too deeply or not an object."""
+    return read_json(path, what, dict, unique_keys=False)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .checkpoints import (
     read_expert_header,
 )
 from .errors import InvalidInputError, SetupError
-from .io import read_json
+from .io import read_model_json
 from .memory import (
     FLOAT8,
     GIB,
@@ -617,7 +617,7 @@ def _from_pretrained(
     is_local = Path(model_id).expanduser().is_dir()
     if is_local:  # diffusers' words for an index of the wrong shape name neither the file nor the problem
         try:
-            index = read_json(Path(model_id).expanduser() / "model_index.json", "a pipeline's index", dict)
+            index = read_model_json(Path(model_id).expanduser() / "model_index.json", "a pipeline's index")
             modules, _ = IFEditPipeline._get_signature_keys(IFEditPipeline)
             for name in modules:
                 has_component(index, name)  # checked for its ValueError: an entry that is not [library, class]
@@ -632,9 +632,8 @@ def _from_pretrained(
             raise SetupError(f"could not load the pipeline in {model_id}: {_reason(error)}") from None
         raise SetupError(_download_advice(model_id, error, local_files_only)) from None
     except (KeyError, TypeError, AttributeError, RecursionError) as error:
-        if not is_local:
-            raise
-        # What diffusers raises for a config of the wrong shape (an entry missing, a list where it reads an object).
+        # What diffusers raises for a config of the wrong shape (an entry missing, a list where it reads an object),
+        # in a folder or a damaged download alike.
         if isinstance(error, KeyError):
             reason = f"a config lacks the entry {error}"
         elif isinstance(error, RecursionError):

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError, SetupError
-from .io import read_json
+from .io import read_model_json
 from .presets import Preset, has_component
 from .sizes import fit_size
 
@@ -515,12 +515,12 @@ def folder_size(folder: Path) -> ModelSize | None:
 
 
 def _folder_size(folder: Path) -> ModelSize | None:
-    index = read_json(folder / "model_index.json", "a pipeline's index", dict)
+    index = read_model_json(folder / "model_index.json", "a pipeline's index")
     parts = {}
     for name in ("transformer", "transformer_2", "text_encoder", "vae", "image_encoder"):
         if not has_component(index, name):
             continue
-        config = read_json(folder / name / "config.json", f"the {name}'s config", dict)
+        config = read_model_json(folder / name / "config.json", f"the {name}'s config")
         tensors = {}
         for path in _weight_files(folder / name):
             tensors.update(safetensors_counts(path))
@@ -535,7 +535,7 @@ def _folder_size(folder: Path) -> ModelSize | None:
 def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files from_pretrained reads: a sharded index's, else the unsuffixed ones (no fp16 variants)."""
     for index in folder.glob("*.safetensors.index.json"):
-        shards = sorted(set(read_json(index, "a sharded weights index", dict)["weight_map"].values()))
+        shards = sorted(set(read_model_json(index, "a sharded weights index")["weight_map"].values()))
         return [folder / shard for shard in shards]
     return sorted(path for path in folder.glob("*.safetensors") if "." not in path.stem)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
-from .io import read_json, shown
+from .io import read_model_json, shown
 from .options import EditSettings
 
 SchedulerName = Literal["euler", "unipc"]
@@ -235,9 +235,9 @@ def has_a14b_i2v_layout(folder: Path) -> bool:
     boundary, image-to-video (the expert takes the noise and the image condition, 2 x z_dim + 4 channels: the
     latents, the encoded image and its 4-channel frame mask), no image encoder, one timestep a sample."""
     try:
-        index = read_json(folder / "model_index.json", "a pipeline's index", dict)
-        expert = read_json(folder / "transformer" / "config.json", "an expert's config", dict)
-        z_dim = read_json(folder / "vae" / "config.json", "a VAE's config", dict).get("z_dim", 16)
+        index = read_model_json(folder / "model_index.json", "a pipeline's index")
+        expert = read_model_json(folder / "transformer" / "config.json", "an expert's config")
+        z_dim = read_model_json(folder / "vae" / "config.json", "a VAE's config").get("z_dim", 16)
         return (
             has_component(index, "transformer_2")
             and index.get("boundary_ratio") is not None
@@ -250,14 +250,15 @@ def has_a14b_i2v_layout(folder: Path) -> bool:
 
 
 def has_component(index: dict, name: str) -> bool:
-    """Whether a pipeline's index (model_index.json) names a module for `name`: its entry is [library, class], both
-    null or the entry absent when the pipeline has none; any other entry is a ValueError naming it."""
+    """Whether a pipeline's index (model_index.json) names a module for `name`, as diffusers reads it: an entry
+    [library, class] whose library is not null; absent or null when the pipeline has none; an entry that is not a
+    non-empty list is a ValueError naming it."""
     entry = index.get(name)
     if entry is None:
         return False
-    if not (isinstance(entry, list) and len(entry) == 2):
+    if not (isinstance(entry, list) and entry):
         raise ValueError(f"model_index.json's {name} entry is {shown(entry)}, not [library, class]")
-    return entry[1] is not None
+    return entry[0] is not None
 
 
 def resolve_model(model: str) -> Preset:
