@@ -19,7 +19,7 @@ from ..errors import InvalidInputError, SetupError
 from ..io import load_image, save_json
 from ..loading import resolve_device
 from .benchmarks import Benchmark, OfficialRun, get_benchmark
-from .cases import EditCase
+from .cases import EditCase, name_problem
 from .layout import RunFolder, case_from_record, output_half
 from .metrics import sharpness
 from .published import JUDGE_MODEL
@@ -46,11 +46,11 @@ class ScoreOptions:
 
 
 def finished_cases(folder: RunFolder, benchmark: str) -> list[EditCase]:
-    """The finished cases of a run, rebuilt from their records alone; a damaged record, or a temporary a killed
-    run left (a hidden file), is a case not finished, which `bench run` redoes."""
+    """The finished cases of a run, rebuilt from their records alone; a damaged record, or a file no case could
+    have written (a killed run's hidden temporary), is a case not finished, which `bench run` redoes."""
     found = []
     for path in sorted((folder.root / "records").glob("*.json")):
-        if path.name.startswith("."):
+        if name_problem(path.stem) is not None:
             continue
         case = case_from_record(folder.read_record(path.stem), benchmark, path.stem)
         if case is not None and folder.finished(case):

@@ -32,6 +32,7 @@ PARTIAL, PREVIOUS = ".partial", ".old"  # suffixes of a folder being saved, and 
 # parts. Only their partial and previous copies are a killed run's leftovers; any other hidden entry is the user's.
 SAVED_WHOLE = ("vae", "snapshot", "pipeline", "model_index.json", "scheduler", "text_encoder", "tokenizer",
                "transformer", "transformer_2")  # fmt: skip
+_LEFTOVERS = frozenset(f".{entry}{suffix}" for entry in SAVED_WHOLE for suffix in (PARTIAL, PREVIOUS))
 # The temporary of an atomically written record (`io.atomic_path`): a killed run may leave one before anything else.
 _RECORD_TEMPORARY = re.compile(r"\.(vae_losses|training)\.[0-9a-f]{16}\.tmp\.json")
 
@@ -70,9 +71,7 @@ def _refuse_finished(out: Path) -> None:
 
 def _leftover(path: Path) -> bool:
     """A part a killed run was writing (a folder being saved whole, the one it replaced, a record's temporary)."""
-    name = path.name
-    saved_whole = {f".{entry}{suffix}" for entry in SAVED_WHOLE for suffix in (PARTIAL, PREVIOUS)}
-    return name in saved_whole or _RECORD_TEMPORARY.fullmatch(name) is not None
+    return path.name in _LEFTOVERS or _RECORD_TEMPORARY.fullmatch(path.name) is not None
 
 
 def _complete_swaps(out: Path) -> None:
