@@ -380,16 +380,20 @@ def test_damaged_records_and_failures_are_redone_not_a_crash(tmp_path, tiny_dirs
     # A damaged record is a case not finished, never a crash: of another shape, with fields of other types, of
     # another benchmark or case; and a temporary a killed run left beside the records is no record at all.
     (out / "records" / ".causal_reasoning_1.0123456789abcdef.tmp.json").write_text(kept)
+    (out / "records" / "no:case.json").write_text(kept)  # a name no case id can have
+    (out / "records" / "spatial_reasoning_1.json").write_text(kept)  # another case's record under this name
     for damaged in ("not an object", {**case, "id": 5}, {**case, "key": [1]}, {**case, "side_by_side": "no"},
-                    {**case, "benchmark": "tedbench"}, {**case, "id": "temporal_reasoning_1"}):  # fmt: skip
+                    {**case, "benchmark": "tedbench"}, {**case, "benchmark": "nope"},
+                    {**case, "id": "temporal_reasoning_1"}):  # fmt: skip
         causal.write_text(json.dumps({**json.loads(kept), "case": damaged}))
         capsys.readouterr()
         assert main(["bench", "score", str(out)]) == 2, damaged
         assert _one_line_error(capsys).endswith("has no finished cases to score\n")
     causal.write_text(kept)
     assert main(["bench", "score", str(out)]) == 0
-    assert json.loads((out / "scores.json").read_text())["cases_scored"] == 1
-    (out / "records" / ".causal_reasoning_1.0123456789abcdef.tmp.json").unlink()
+    assert json.loads((out / "scores.json").read_text())["cases_scored"] == 1  # causal once, not twice
+    for stray in (".causal_reasoning_1.0123456789abcdef.tmp.json", "no:case.json", "spatial_reasoning_1.json"):
+        (out / "records" / stray).unlink()
     before = {path.name: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")}
     assert _run("risebench", data, out, tiny_dirs["a14b"], "--limit", "2") == 0
     after = {path.name: path.stat().st_mtime_ns for path in (out / "images").rglob("*.png")}
