@@ -82,6 +82,8 @@ def test_a_folders_layout_is_read_as_diffusers_reads_its_index_and_configs(tmp_p
     (folder / "model_index.json").write_text(json.dumps({**index, "image_encoder": [None]}))
     assert resolve_model(str(folder)).name == "paper (local folder)"
     assert folder_size(folder) == folder_size(Path(tiny_dirs["a14b"]))
+    (folder / "model_index.json").write_text(json.dumps({**index, "image_encoder": [None, "CLIPVisionModel"]}))
+    assert resolve_model(str(folder)).name == "paper (local folder)", "no library: diffusers loads no module"
 
 
 def test_debug_tiny_builds_in_memory_and_edits():
