@@ -2,9 +2,15 @@
 missing key or overload gets OpenAI's error shape with the right status (servers bind 127.0.0.1 on free ports)."""
 
 import base64
+import contextlib
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +24,7 @@ from ifedit.cli import EXIT_INPUT, EXIT_SETUP, build_parser, main
 from ifedit.errors import InvalidInputError
 from ifedit.loading import LoadOptions
 from ifedit.presets import get_preset
+from ifedit.serve import app as serve_app
 from ifedit.serve.app import ServeConfig, Service, bind, serving
 from ifedit.serve.backends import LocalBackend
 from ifedit.serve.command import build_service, replica_counts
@@ -56,10 +63,12 @@ def scene() -> bytes:
     return buffer.getvalue()
 
 
-def post_edit(url: str, scene: bytes, path: str = "/v1/images/edits", files=None, **fields) -> httpx.Response:
+def post_edit(
+    url: str, scene: bytes, path: str = "/v1/images/edits", files=None, headers=None, **fields
+) -> httpx.Response:
     files = {"image": ("scene.png", scene, "image/png")} if files is None else files
     data = {"prompt": "slide the red square left", **fields}
-    return httpx.post(url + path, files=files, data=data, timeout=120)
+    return httpx.post(url + path, files=files, data=data, headers=headers, timeout=120)
 
 
 def error_of(response: httpx.Response) -> dict:
@@ -154,37 +163,47 @@ def test_a_client_that_gives_up_frees_its_place(server, scene):
 
 
 @pytest.mark.parametrize(
-    ("fields", "message"),
+    ("fields", "message", "param"),
     [
-        ({"prompt": "  "}, "prompt must not be empty"),
-        ({"steps": "abc"}, "argument --steps: invalid int value: 'abc'"),
-        ({"steps": "0"}, "num_inference_steps must be an integer >= 1, got 0"),
-        ({"tld_history": "forget"}, "argument --tld-history: invalid choice: 'forget'"),
-        ({"refine": "maybe"}, "refine must be true or false, got 'maybe'"),
-        ({"size": "large"}, "size must be WIDTHxHEIGHT in px (e.g. 832x480) or auto, got 'large'"),
-        ({"size": "4096x4096"}, "size 4096x4096 is too large for this server"),
-        ({"frames": "999"}, "num_frames must be at most 68 on this server, got 999"),
-        ({"n": "9"}, "n must be between 1 and 4, got 9"),
-        ({"response_format": "xml"}, "response_format must be b64_json or url, got 'xml'"),
-        ({"model": "dall-e-2"}, "model must be 'toyworld' (see GET /v1/models), got 'dall-e-2'"),
-        ({"seed": "-1"}, "seed must be between 0 and"),
-        ({"quality": "high"}, "unknown field 'quality'"),
+        ({"prompt": "  "}, "prompt must not be empty", "prompt"),
+        ({"steps": "abc"}, "steps: invalid int value: 'abc'", "steps"),
+        ({"steps": "0"}, "steps must be an integer >= 1, got 0", "steps"),
+        ({"guidance_2": "-1"}, "guidance_2 must be a number >= 0", "guidance_2"),
+        ({"tld_history": "forget"}, "tld_history: invalid choice: 'forget'", "tld_history"),
+        ({"refine": "maybe"}, "refine must be true or false, got 'maybe'", "refine"),
+        ({"size": "large"}, "size must be WIDTHxHEIGHT in px (e.g. 832x480) or auto, got 'large'", "size"),
+        ({"size": "4096x4096"}, "size 4096x4096 is too large for this server", "size"),
+        ({"size": "9000x64"}, "size: width must be a whole number of pixels from 16 to 4096", "size"),
+        ({"frames": "999"}, "frames must be at most 68 on this server, got 999", "frames"),
+        ({"n": "9"}, "n must be between 1 and 4, got 9", "n"),
+        ({"response_format": "xml"}, "response_format must be b64_json or url, got 'xml'", "response_format"),
+        ({"model": "dall-e-2"}, "model must be 'toyworld' (see GET /v1/models), got 'dall-e-2'", "model"),
+        ({"seed": "-1"}, "seed must be between 0 and", "seed"),
+        ({"quality": "high"}, "unknown field 'quality'", "quality"),
+        # Every text reaches the prompt and the record: escape codes are refused before the request waits.
+        ({"video_prompt": "evil\x1b]0;title\x07"}, "video_prompt: text holds the control character U+001B", None),
+        ({"prompt": "turn \u202eleft"}, "prompt: text holds the control character U+202E", "prompt"),
+        ({"negative_prompt": "a\x00b"}, "negative_prompt: text holds the control character U+0000", None),
         # Options naming servers, files or devices belong to the operator: a request that tries is refused.
-        ({"vlm_base_url": "http://elsewhere.invalid/v1"}, "unknown field 'vlm_base_url'"),
-        ({"model_path": "/etc"}, "unknown field 'model_path'"),
+        ({"vlm_base_url": "http://elsewhere.invalid/v1"}, "unknown field 'vlm_base_url'", "vlm_base_url"),
+        ({"model_path": "/etc"}, "unknown field 'model_path'", "model_path"),
     ],
 )
-def test_bad_fields_get_the_clis_message_as_an_openai_400(server, scene, fields, message):
+def test_bad_fields_get_the_clis_message_as_an_openai_400(server, scene, fields, message, param):
+    """The command line's checks, worded with the form's field names, which `param` gives too."""
     response = post_edit(server, scene, **fields)
     assert response.status_code == 400
     error = error_of(response)
     assert message in error["message"] and error["type"] == "invalid_request_error"
+    assert error["param"] == (param or next(iter(fields)))
+    assert "--" not in error["message"] and "num_" not in error["message"]
 
 
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        ({}, "image is required"),
+        ({"user": (None, "someone")}, "image is required"),
+        ({}, "the body must be multipart/form-data"),
         ({"image": ("notes.txt", b"not a picture", "text/plain")}, "not an image file: notes.txt"),
         ({"image": ("dot.png", None, "image/png")}, "dot.png is too small: 8x8 px"),
         ({"image": ("bomb.png", None, "image/png")}, "bomb.png is too large"),
@@ -261,6 +280,93 @@ def test_a_burst_larger_than_the_queue_gets_only_successes_and_429s(server, scen
     assert _metric(server, "ifedit_rejected_total") - before == statuses.count(429)
 
 
+def _slow_upload(url: str) -> socket.socket:
+    """A request whose headers and first bytes arrive and whose body never does (a slow or stalled client)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)))
+    connection.sendall(
+        b"POST /v1/images/edits HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n"
+        b'Content-Disposition: form-data; name="prompt"\r\n\r\nslide'
+    )
+    return connection
+
+
+def test_slow_uploads_hold_no_place_and_are_dropped_after_the_read_deadline(server, scene, monkeypatch):
+    stalled = [_slow_upload(server) for _ in range(3)]  # more than the server's two places
+    try:
+        time.sleep(0.5)
+        assert post_edit(server, scene).status_code == 200
+    finally:
+        for connection in stalled:
+            connection.close()
+    # A client gone mid-upload is no failure of the server's: 499 in the metrics, nothing logged as a 500.
+    gone = 'ifedit_requests_total{route="/v1/images/edits",status="499"}'
+    deadline = time.monotonic() + 10
+    while _metric(server, gone) < 3:
+        assert time.monotonic() < deadline, "the abandoned uploads were never noticed"
+        time.sleep(0.1)
+    assert _metric(server, 'ifedit_requests_total{route="/v1/images/edits",status="500"}') == 0
+
+    monkeypatch.setattr(serve_app, "READ_SECONDS", 1)
+    with _slow_upload(server) as connection:
+        connection.settimeout(10)
+        answer = connection.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "rebind.attacker.example:8000"},  # a name rebound to 127.0.0.1: its page could read the answer
+        {"Origin": "https://attacker.example"},  # a form another site posts: no preflight protects it
+        {"Origin": "null"},  # a sandboxed page or a file
+    ],
+)
+def test_without_a_key_pages_of_other_sites_are_refused(server, scene, headers):
+    for response in (httpx.get(server + "/v1/models", headers=headers), post_edit(server, scene, headers=headers)):
+        assert response.status_code == 403 and error_of(response)["code"] == "forbidden_without_key"
+        assert "IFEDIT_SERVE_API_KEY" in error_of(response)["message"]
+
+
+def test_without_a_key_loopback_names_and_local_pages_are_served(server):
+    for headers in ({"Host": "localhost:1234"}, {"Host": "[::1]:80"}, {"Origin": "http://localhost:3000"}):
+        assert httpx.get(server + "/v1/models", headers=headers).status_code == 200, headers
+
+
+def test_sigterm_answers_the_edit_in_flight_with_503_and_stops_cleanly(scene, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ifedit", "serve", *FAST, "--port", str(port)],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and process.poll() is None, "the server never became ready"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            time.sleep(0.2)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(post_edit, url, scene, steps=SLOW_STEPS)
+            while _metric(url, "ifedit_edits_running") < 1:
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            response = answer.result(timeout=60)
+        assert response.status_code == 503 and error_of(response)["code"] == "server_stopping"
+        assert process.wait(timeout=60) == 0  # a server stopped by its manager has done its job
+        err = process.stderr.read()
+        assert "Traceback" not in err and "the server has stopped" in err
+        assert not list(tmp_path.glob("ifedit-serve-*"))  # its uploads and results are gone with it
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_with_a_key_only_requests_that_send_it_get_in(scene):
     with running(build_service(serve_args("--api-key", KEY))) as url:
         missing = httpx.get(url + "/v1/models")
@@ -273,6 +379,9 @@ def test_with_a_key_only_requests_that_send_it_get_in(scene):
         assert httpx.get(url + "/health").status_code == 200  # load balancers probe without the key
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert [model.id for model in client.models.list()] == ["toyworld"]
+        # Behind a proxy, under any name and from a web app of its own: the key is what lets a request in.
+        named = {"Authorization": f"Bearer {KEY}", "Host": "edits.example.com", "Origin": "https://app.example.com"}
+        assert httpx.get(url + "/v1/models", headers=named).status_code == 200
         for response in (missing, wrong, posted):
             assert KEY[:-1] not in response.text
 
@@ -308,15 +417,24 @@ def test_listening_beyond_loopback_needs_a_long_key(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "at least 16 characters" in err and "short" not in err
     assert main(["serve", "--replicas", "3", "--max-replicas", "2", "--model", "toyworld"]) == EXIT_INPUT
+    # A header's bytes are read as Latin-1: a key of other characters could never be sent so that it matches.
+    assert main(["serve", "--api-key", "ключ-ключ-ключ-ключ", "--model", "toyworld"]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "printable ASCII" in err and "ключ" not in err
+    assert main(["serve", "--api-key", "a key with spaces inside", "--model", "toyworld"]) == EXIT_INPUT
 
 
-def test_a_taken_port_and_a_model_that_cannot_load_end_with_one_line(tmp_path, capsys):
+def test_a_taken_port_and_a_model_that_cannot_load_end_with_one_line(tmp_path, capsys, monkeypatch):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
         assert main(["serve", *FAST, "--port", port]) == EXIT_SETUP
     assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert list(temporary.iterdir()) == []  # no work folder made for a server that never started
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model_index.json").write_text(json.dumps({}))

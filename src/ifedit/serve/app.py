@@ -32,13 +32,16 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from ..errors import IFEditError, InvalidInputError, SetupError
 from ..io import MAX_UPLOAD_BYTES, load_image
 from ..presets import Preset
 from ..redact import safe_text
+from .command import KEY_VARIABLE
 from .files import ResultFiles
 from .form import EditRequest, parse_form
+from .hosts import loopback_authority, loopback_origin
 from .metrics import CONTENT_TYPE, Metrics
 from .replica import Event
 
@@ -49,7 +52,12 @@ IMAGE_FIELDS = ("image", "image[]")  # OpenAI's client names a list of images "i
 MAX_KEPT_JOBS = 256  # finished jobs kept for polling (each may hold its images)
 LOADING_RETRY_SECONDS = 10
 GRACE_SECONDS = 10  # how long a stopping server waits for requests in flight before cancelling them
+ANSWER_SECONDS = 2  # edits still running that long before the grace ends are stopped, so their requests get a 503
 DISCONNECT_POLL_SECONDS = 1.0  # how often a request waiting for its edit checks that its client is still there
+# A request's body must arrive within this (50 MiB at under 1 MiB/s); a slower upload is dropped with 408. Until it
+# has arrived a request holds no place in the queue, so slow uploads never keep edits waiting.
+READ_SECONDS = 60
+MAX_READING = 16  # requests whose bodies are arriving at once (uploads are spooled to disk); more get 429
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 # Jobs end in one of these; "queued" and "running" before.
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -140,18 +148,25 @@ class Service:
         )
         self.capacity = backend.max_replicas * (1 + config.queue_size)
         self.admission = threading.BoundedSemaphore(self.capacity)
-        self.workdir = Path(tempfile.mkdtemp(prefix="ifedit-serve-"))  # private to this user (mode 0700)
-        self.uploads = self.workdir / "uploads"
-        self.uploads.mkdir(mode=0o700)
-        self.files = ResultFiles(self.workdir / "results", config.url_ttl)
+        self.reading = 0  # requests whose bodies are arriving
+        # The private folder for uploads and results: made when the server starts (`open`), removed by `close`.
+        self.workdir: Path | None = None
         self.jobs: dict[str, Job] = {}
         self.ready = False
+        self.stopping = False  # the server is shutting down: edits still running are cut short with 503
         self.failure: str | None = None
         self.on_failure: Callable[[], None] | None = None  # the server stops when the model cannot load
         self.started_at = int(time.time())
         self._last_seconds = 1.0
 
     # Life cycle.
+
+    def open(self) -> None:
+        """Make the server's private folder (mode 0700) for uploads and result files."""
+        self.workdir = Path(tempfile.mkdtemp(prefix="ifedit-serve-"))
+        self.uploads = self.workdir / "uploads"
+        self.uploads.mkdir(mode=0o700)
+        self.files = ResultFiles(self.workdir / "results", self.config.url_ttl)
 
     async def start(self) -> None:
         """Load the model(s); the server answers /health with 503 until this is done."""
@@ -167,13 +182,21 @@ class Service:
         self.ready = True
         logger.info("%s loaded: ready for edits", self.config.model)
 
-    async def close(self) -> None:
+    async def stop_edits(self, after: float) -> None:
+        """After `after` seconds, stop the edits still running: their requests answer 503 instead of being cut off
+        without an answer when the server stops waiting for them."""
+        await asyncio.sleep(after)
+        self.stopping = True
         running = [job.task for job in self.active]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.stop_edits(after=0)
         await self.backend.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # Checks every request passes.
 
@@ -193,6 +216,11 @@ class Service:
             message = f"the model could not be loaded: {self.failure}" if self.failure else "the model is loading"
             raise ApiError(503, message, "model_not_ready", retry_after=LOADING_RETRY_SECONDS)
 
+    def check_room(self) -> None:
+        """Refuse at once when every place in the queue is taken (before the upload is read), taking none."""
+        self.admit()
+        self.admission.release()
+
     def admit(self) -> None:
         """Take a place in the queue or refuse at once: a full server answers 429 instead of waiting."""
         if not self.admission.acquire(blocking=False):
@@ -209,10 +237,29 @@ class Service:
 
     async def read_request(self, request: Request) -> EditRequest:
         """The multipart form as an EditRequest with its image decoded and checked."""
+        kind = request.headers.get("content-type", "")
+        if kind.partition(";")[0].strip().lower() != "multipart/form-data":
+            raise ApiError(
+                400,
+                "the body must be multipart/form-data (an image file and text fields, as OpenAI's image edits "
+                f"take them), got {kind[:100] or 'no content type'!r}",
+                "invalid_form",
+            )
+        if self.reading >= MAX_READING:
+            message = f"the server is receiving {MAX_READING} uploads already; try again later"
+            raise ApiError(429, message, "too_many_uploads", retry_after=1)
+        self.reading += 1
         try:
-            form = await request.form(max_files=2, max_fields=len(IMAGE_FIELDS) + 64)
+            form = await asyncio.wait_for(request.form(max_files=2, max_fields=len(IMAGE_FIELDS) + 64), READ_SECONDS)
+        except asyncio.TimeoutError:
+            message = f"the request's body did not arrive within {READ_SECONDS} s"
+            raise ApiError(408, message, "request_timeout") from None
+        except ClientDisconnect:
+            raise ApiError(499, "the client went away while sending the request", "client_disconnected") from None
         except MultiPartException as error:
             raise ApiError(400, f"the body is not a valid multipart form: {error.message}", "invalid_form") from None
+        finally:
+            self.reading -= 1
         try:
             images, fields = [], {}
             for name, value in form.multi_items():
@@ -296,7 +343,11 @@ class Service:
             message = f"the edit did not finish within the server's limit of {self.config.timeout:g} s"
             self._fail(job, ApiError(504, message, "deadline_exceeded"))
         except asyncio.CancelledError:
-            self._fail(job, ApiError(499, "the edit was cancelled", "cancelled"))
+            if self.stopping:
+                message = "the server is stopping: the edit was not finished; send it again"
+                self._fail(job, ApiError(503, message, "server_stopping", retry_after=LOADING_RETRY_SECONDS))
+            else:
+                self._fail(job, ApiError(499, "the edit was cancelled", "cancelled"))
         except Exception:
             logger.exception("an edit request failed")
             self._fail(job, ApiError(500, "the server failed; details are in its log", "internal_error"))
@@ -375,6 +426,34 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class LoopbackOnly:
+    """A server without an API key listens on loopback only, yet a web page its user opens can still reach it: a
+    form posted across sites needs no permission, and a page whose name is rebound to 127.0.0.1 (DNS rebinding)
+    can read the answers. So it answers only requests addressed to a loopback name and sent from no other site
+    (403 otherwise). With a key browsers cannot send it across sites: the header needs a permission never given."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        origin = headers.get(b"origin")
+        if not loopback_authority(host):
+            refused = f"addressed to {host[:100]!r}"
+        elif origin is not None and not loopback_origin(origin.decode("latin-1")):
+            refused = f"sent by a page of {origin.decode('latin-1')[:100]!r}"
+        else:
+            return await self.app(scope, receive, send)
+        message = (
+            f"this server has no API key, so it answers only requests to localhost from this machine; this one was "
+            f"{refused} (set ${KEY_VARIABLE} to serve other names and pages)"
+        )
+        await ApiError(403, message, "forbidden_without_key").response()(scope, receive, send)
+
+
 class CountRequests:
     """Count every answer by route and status, including the ones middleware gives."""
 
@@ -404,6 +483,7 @@ def build_app(service: Service) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        service.open()
         loading = asyncio.create_task(service.start())
         try:
             yield
@@ -415,6 +495,8 @@ def build_app(service: Service) -> FastAPI:
     # No documentation pages: they load scripts from a CDN, and the API is OpenAI's.
     app = FastAPI(title="ifedit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + FORM_BYTES)
+    if service.config.api_key is None:
+        app.add_middleware(LoopbackOnly)
     app.add_middleware(CountRequests, metrics=service.metrics)
 
     @app.exception_handler(ApiError)
@@ -423,7 +505,7 @@ def build_app(service: Service) -> FastAPI:
 
     @app.exception_handler(InvalidInputError)
     async def bad_input(request: Request, error: InvalidInputError) -> JSONResponse:
-        return ApiError(400, str(error), "invalid_input").response()
+        return ApiError(400, str(error), "invalid_input", getattr(error, "field", None)).response()
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -500,13 +582,11 @@ def build_app(service: Service) -> FastAPI:
 
 
 async def _admitted_job(service: Service, request: Request) -> Job:
-    """Admit first (a full server refuses without reading the upload), then read and start the request."""
+    """A full server refuses without reading the upload; otherwise the request is read (within READ_SECONDS),
+    then admitted and started: a place in the queue is taken only once the body is in."""
+    service.check_room()
+    edit = await service.read_request(request)
     service.admit()
-    try:
-        edit = await service.read_request(request)
-    except BaseException:
-        service.admission.release()
-        raise
     return service.start_job(edit, request)
 
 
@@ -537,7 +617,25 @@ def serving(service: Service, listening: socket.socket, wait_ready: bool = True)
         thread.join()
 
 
-def uvicorn_server(service: Service) -> uvicorn.Server:
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, which on its way down stops the edits still running shortly before it stops waiting for
+    their requests, so that each gets a 503 instead of a dropped connection, and says when it has shut down."""
+
+    def __init__(self, config: uvicorn.Config, service: Service):
+        super().__init__(config)
+        self.service = service
+        self.stopped = False  # shut down cleanly (after a signal, uvicorn then raises that signal again)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        ending = asyncio.create_task(self.service.stop_edits(after=GRACE_SECONDS - ANSWER_SECONDS))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            ending.cancel()
+        self.stopped = True
+
+
+def uvicorn_server(service: Service) -> StoppingServer:
     """A uvicorn server for `service` that stops by itself when the model cannot be loaded."""
     config = uvicorn.Config(
         build_app(service),
@@ -545,6 +643,6 @@ def uvicorn_server(service: Service) -> uvicorn.Server:
         access_log=False,  # result URLs are capabilities: they stay out of logs
         timeout_graceful_shutdown=GRACE_SECONDS,
     )
-    server = uvicorn.Server(config)
+    server = StoppingServer(config, service)
     service.on_failure = lambda: setattr(server, "should_exit", True)
     return server

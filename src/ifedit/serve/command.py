@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import ipaddress
 import logging
 import os
 
@@ -15,6 +14,7 @@ from ..loading import check_placement
 from ..presets import resolve_model
 from ..redact import register_secret
 from .backends import LocalBackend, RayBackend, RayPlan
+from .hosts import is_loopback
 from .replica import EditReplica, prompt_options
 
 logger = logging.getLogger("ifedit")
@@ -38,9 +38,16 @@ def serve(args: argparse.Namespace) -> int:
         args.port,
         where,
     )
-    uvicorn_server(service).run(sockets=[listening])
+    server = uvicorn_server(service)
+    try:
+        server.run(sockets=[listening])
+    except KeyboardInterrupt:
+        # uvicorn shuts down cleanly on SIGTERM or Ctrl-C, then raises the signal again: that is a normal stop.
+        if not server.stopped:
+            raise
     if service.failure:
         raise SetupError(service.failure)
+    logger.info("the server has stopped")
     return 0
 
 
@@ -84,6 +91,12 @@ def api_key(args: argparse.Namespace) -> str | None:
     if key is not None:
         key = key.strip()
         register_secret(key)
+        if not all("!" <= char <= "~" for char in key):
+            # HTTP headers carry bytes that servers read as Latin-1: a key with other characters could never match.
+            raise InvalidInputError(
+                "the API key must be printable ASCII without spaces (letters, digits, punctuation), e.g. from "
+                "python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
         if len(key) < MIN_KEY_CHARS:
             raise InvalidInputError(
                 f"the API key must be at least {MIN_KEY_CHARS} characters, e.g. from "
@@ -95,15 +108,6 @@ def api_key(args: argparse.Namespace) -> str | None:
             "(or --api-key)"
         )
     return key
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _uses_ray(args: argparse.Namespace) -> bool:

@@ -20,6 +20,7 @@ from ..cli import options as cli_options
 from ..errors import InvalidInputError
 from ..options import EditSettings
 from ..presets import Preset
+from ..prompting.base import check_text
 
 RESPONSE_FORMATS = ("b64_json", "url")
 MAX_N = 4  # edits per request: each is a full video generation
@@ -30,6 +31,15 @@ LIMIT_FACTOR = 4
 OPENAI_FIELDS = ("prompt", "model", "n", "size", "response_format", "user")
 BOOLEAN_FIELDS = ("fast", "refine")
 SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
+# The settings' own names in the command line's messages, and the form fields they come from.
+SETTING_NAMES = {
+    "num_inference_steps": "steps",
+    "num_frames": "frames",
+    "guidance_scale": "guidance",
+    "guidance_scale_2": "guidance_2",
+    "decode_frames": "decode",
+}
+MESSAGE_NAME = re.compile(r"(?:argument )?-{0,2}([a-z][a-z0-9_-]*)")
 
 
 def _sampling_fields() -> tuple[str, ...]:
@@ -57,6 +67,35 @@ class EditRequest:
     source: str = "upload"  # the uploaded file's name, for records
 
 
+class FieldError(InvalidInputError):
+    """A bad form field, named as the form names it (`field`), not as the command line does."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _in_form_terms(error: InvalidInputError) -> InvalidInputError:
+    """The command line's message about an option or setting, worded with the form field it came from."""
+    match = MESSAGE_NAME.match(str(error))
+    name = match[1].replace("-", "_") if match else ""
+    if name in ("height", "width"):
+        return FieldError(f"size: {error}", "size")
+    field = SETTING_NAMES.get(name, name)
+    if field not in FIELDS:
+        return error
+    return FieldError(field + str(error)[match.end() :], field)
+
+
+def _checked_text(value: str, name: str) -> str:
+    """A text field as the prompt stage takes it: control and bidirectional-override characters are refused here,
+    before the request waits in the queue, as the command line refuses them."""
+    try:
+        return check_text(value)
+    except InvalidInputError as error:
+        raise FieldError(f"{name}: {error}", name) from None
+
+
 class _FieldParser(argparse.ArgumentParser):
     """argparse whose mistakes are InvalidInputError with the CLI's own message."""
 
@@ -77,19 +116,30 @@ _PARSER = _field_parser()
 
 def parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Namespace, model: str) -> EditRequest:
     """The request that `fields` (every text field of the form) asks for, with the server's `defaults` (the
-    `ifedit serve` options) for what they leave out; InvalidInputError names the first bad field."""
+    `ifedit serve` options) for what they leave out; InvalidInputError names the first bad field (a FieldError
+    when it is one field's), in the form's own words."""
+    try:
+        return _parse_form(fields, preset, defaults, model)
+    except FieldError:
+        raise
+    except InvalidInputError as error:
+        raise _in_form_terms(error) from None
+
+
+def _parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Namespace, model: str) -> EditRequest:
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
-        raise InvalidInputError(
+        raise FieldError(
             f"unknown field {unknown[0]!r}: this server takes image, {', '.join(OPENAI_FIELDS)} and ifedit's "
-            f"settings ({', '.join((*SETTING_FIELDS, 'video_prompt'))})"
+            f"settings ({', '.join((*SETTING_FIELDS, 'video_prompt'))})",
+            unknown[0],
         )
     for name, value in fields.items():
         if len(value) > MAX_TEXT_CHARS:
             raise InvalidInputError(f"{name} is too long: {len(value)} characters (at most {MAX_TEXT_CHARS})")
-    instruction = fields.get("prompt", "").strip()
-    if not instruction:
-        raise InvalidInputError("prompt must not be empty: say what should happen, e.g. 'the ice cube melts'")
+    if not fields.get("prompt", "").strip():
+        raise FieldError("prompt must not be empty: say what should happen, e.g. 'the ice cube melts'", "prompt")
+    instruction = _checked_text(fields["prompt"], "prompt")
     if fields.get("model", model) != model:
         raise InvalidInputError(f"model must be {model!r} (see GET /v1/models), got {fields['model']!r}")
     response_format = fields.get("response_format", "b64_json")
@@ -99,8 +149,11 @@ def parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Nam
     if not 1 <= n <= MAX_N:
         raise InvalidInputError(f"n must be between 1 and {MAX_N}, got {n}")
     video_prompt = fields.get("video_prompt")
-    if video_prompt is not None and not video_prompt.strip():
-        raise InvalidInputError("video_prompt must not be empty (leave it out to have the prompt stage write one)")
+    if video_prompt is not None:
+        if not video_prompt.strip():
+            message = "video_prompt must not be empty (leave it out to have the prompt stage write one)"
+            raise FieldError(message, "video_prompt")
+        video_prompt = _checked_text(video_prompt, "video_prompt")
 
     options = _options(fields, defaults)
     settings = cli_options.edit_settings_of(preset, options)
@@ -110,7 +163,7 @@ def parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Nam
     seeds = tuple(None if options.seed is None else options.seed + index for index in range(n))
     return EditRequest(
         instruction=instruction,
-        video_prompt=video_prompt.strip() if video_prompt else None,
+        video_prompt=video_prompt,
         input_kind=options.input_kind,
         settings=settings,
         seeds=seeds,
