@@ -195,8 +195,9 @@ def _missing_loras(preset: Preset, missing: list[LoraWeights]) -> str:
     without = " (its few steps without the distillation LoRAs give little but noise)" if preset.lora_distilled else ""
     return (
         f"{preset.name} needs the LoRA{'s' if len(missing) > 1 else ''} {named}, which this machine's Hugging Face "
-        "cache lacks (a model in a folder, or --offline, downloads nothing): pass the files with --lora-high FILE "
-        f"--lora-low FILE, fetch them with `{download}`, or pass --no-lora{without}"
+        "cache lacks (nothing is downloaded for a model in a folder, under --offline, or when the Hub cannot be "
+        f"reached): pass the files with --lora-high FILE --lora-low FILE, fetch them with `{download}`, or pass "
+        f"--no-lora{without}"
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
 
+from . import hub
 from .checkpoints import (
     ExpertFile,
     ExpertLayout,
@@ -158,9 +159,18 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
         raise InvalidInputError("--fp8-compute keeps the experts' weights in float8 already; drop --storage-dtype")
     if options.fp8_compute:
         check_fp8_compute(device)
+    options = _cache_when_offline(preset, options)
     _check_experts(options, expert_files(preset, options))
     local_loras(preset, offline=_offline(preset, options))  # a missing LoRA stops here, before anything loads
     return device, dtype
+
+
+def _cache_when_offline(preset: Preset, options: LoadOptions) -> LoadOptions:
+    """The options with weights named by Hub id taken from the download cache alone when the Hub cannot be
+    reached (`hub.cache_only`): a missing one then fails at once instead of after minutes of retries."""
+    if options.local_files_only or not preset.model_id or not hub.cache_only(preset.model_id):
+        return options
+    return dataclasses.replace(options, local_files_only=True)
 
 
 def _check_experts(options: LoadOptions, files: dict[str, tuple[ExpertFile, ExpertLayout]]) -> None:
@@ -239,6 +249,7 @@ def load_pipeline(
     `pipe.weights_record`."""
     options = options or LoadOptions()
     device, dtype = check_placement(preset, options)
+    options = _cache_when_offline(preset, options)
     preset = local_loras(preset, offline=_offline(preset, options))
     experts = expert_files(preset, options)
     mode = None
@@ -702,6 +713,13 @@ def _place(pipe: IFEditPipeline, device: torch.device, offload: Offload) -> None
 def _download_advice(source: str, error: Exception, local_files_only: bool, flag: str = "--model") -> str:
     """One line for weights that could not be had from the Hub: what to pass (the downloaded folder goes to
     `flag`), not what the libraries said about their own arguments."""
+    unreachable = hub.known_unreachable()
+    if unreachable:
+        return (
+            f"could not get {source}: it is not in this machine's Hugging Face cache, and the Hub cannot be reached "
+            f"({unreachable}); run `hf download {source}` where there is a network and pass the downloaded folder "
+            f"with {flag}"
+        )
     if local_files_only or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "true", "yes"):
         return (
             f"could not get {source}: it is not in this machine's Hugging Face cache, and --offline (or "

@@ -126,7 +126,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         action=argparse.BooleanOptionalAction,
         help="decode in tiles to save GPU memory (default: when --memory finds the decode would not fit)",
     )
-    model.add_argument("--offline", action="store_true", help="use only weights already downloaded")
+    model.add_argument(
+        "--offline", action="store_true", help="use only weights already downloaded (the local VLM's too)"
+    )
     model.add_argument("--lora-source", help="Hub id or folder holding the LoRA files (default: the preset's)")
     model.add_argument("--lora-subfolder", help="folder inside --lora-source (default: the preset's)")
     model.add_argument("--lora-high", metavar="FILE", help="LoRA file for the high-noise expert (transformer)")
@@ -249,7 +251,11 @@ def add_prompt_arguments(parser: argparse.ArgumentParser, input_kind: bool = Tru
             default="instruction",
             help="the text is an instruction ('make the dog sit') or a target caption ('A sitting dog.')",
         )
-    group.add_argument("--vlm", metavar="MODEL", help=f"local VLM (Hub id or folder), e.g. {DEFAULT_LOCAL_MODEL}")
+    group.add_argument(
+        "--vlm",
+        metavar="MODEL",
+        help=f"local VLM (Hub id or folder); --prompt-enhancer local without it runs {DEFAULT_LOCAL_MODEL}",
+    )
     group.add_argument("--vlm-base-url", metavar="URL", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     group.add_argument("--vlm-api-model", metavar="NAME", help="model name on that server")
     group.add_argument(
@@ -370,6 +376,7 @@ def prompt_options(args: argparse.Namespace) -> PromptOptions:
         timeout=args.vlm_timeout,
         use_cache=not args.no_cache,
         strict=args.strict_prompt,
+        local_files_only=getattr(args, "offline", False),  # `ifedit prompt` has no --offline: HF_HUB_OFFLINE is it
     )
 
 

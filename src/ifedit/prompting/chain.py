@@ -90,8 +90,10 @@ class _Enhancer:
         cache: PromptCache | None,
         strict: bool,
         count_tokens: TokenCounter | None,
+        local_files_only: bool = False,
     ):
         self.plan = plan
+        self.local_files_only = local_files_only
         self.settings = settings
         self.local_model = local_model
         self.device = device
@@ -163,7 +165,7 @@ class _Enhancer:
             if backend == "api":
                 return api.complete(self.settings, vlm_view(image), system_message(kind), user_message(text, kind))
             if self.vlm is None:
-                self.vlm = LocalVLM(self.local_model, self.device)
+                self.vlm = LocalVLM(self.local_model, self.device, local_files_only=self.local_files_only)
             return self.vlm.generate(vlm_view(image), system_message(kind), user_message(text, kind))
         except EnhancementError as error:
             self.failed[backend] = str(error)
@@ -208,6 +210,7 @@ def enhance_many(
     strict: bool = False,
     count_tokens: TokenCounter | None = None,
     device: str | torch.device | None = None,
+    local_files_only: bool = False,
 ) -> list[PromptResult]:
     """Write video prompts for many cases, loading a local VLM at most once and releasing it before returning.
 
@@ -228,6 +231,8 @@ def enhance_many(
         strict: raise EnhancementError instead of falling back to the next backend.
         count_tokens: the video text encoder's token counter; a conservative estimate by default.
         device: where a local VLM runs (default: CUDA in bfloat16 when available, else CPU in float32).
+        local_files_only: take a local VLM named by Hub id from the download cache only (as when the Hub cannot
+            be reached).
     """
     cases = list(cases)
     checked = [_check_case(case, f"case {index}: " if len(cases) > 1 else "") for index, case in enumerate(cases)]
@@ -242,7 +247,9 @@ def enhance_many(
             _NOTED.add(plan.notes[0].reason)
             logger.warning("prompt enhancement: %s", plan.notes[0].reason)
     cache = PromptCache(cache_dir) if use_cache else None
-    runner = _Enhancer(plan, settings, vlm_model or DEFAULT_LOCAL_MODEL, device, cache, strict, count_tokens)
+    runner = _Enhancer(
+        plan, settings, vlm_model or DEFAULT_LOCAL_MODEL, device, cache, strict, count_tokens, local_files_only
+    )
     try:
         return [runner.run(image, text, kind) for image, text, kind in checked]
     finally:

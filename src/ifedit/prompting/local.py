@@ -9,6 +9,7 @@ import torch
 from transformers import PROCESSOR_MAPPING, AutoConfig, AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
+from .. import hub
 from .base import EnhancementError, one_line
 
 MAX_NEW_TOKENS = 400
@@ -21,34 +22,54 @@ def default_device_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def load_processor(model_id: str) -> ProcessorMixin:
+def load_processor(model_id: str, local_files_only: bool = False) -> ProcessorMixin:
     """The model's processor; without torchvision, its processor class loaded without the video processor."""
     try:
-        return AutoProcessor.from_pretrained(model_id)
+        return AutoProcessor.from_pretrained(model_id, local_files_only=local_files_only)
     except ImportError:
         if is_torchvision_available():
             raise
     # Qwen-VL processors also load a video processor, which transformers builds only with torchvision, though a prompt
     # needs one image. Their image processors fall back to PIL and a processor lacking a video processor handles images
     # alone, so the same class loads with "video_processor" left out of the parts it loads and checks.
-    processor_class = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(model_id))]
+    processor_class = PROCESSOR_MAPPING[type(AutoConfig.from_pretrained(model_id, local_files_only=local_files_only))]
     parts = [name for name in processor_class.get_attributes() if name != "video_processor"]
     image_only = type(processor_class.__name__, (processor_class,), {"get_attributes": classmethod(lambda _: parts)})
-    return image_only.from_pretrained(model_id)
+    return image_only.from_pretrained(model_id, local_files_only=local_files_only)
 
 
 class LocalVLM:
-    """A loaded image-text-to-text model and its processor; `close()` (or leaving a `with`) frees the memory."""
+    """A loaded image-text-to-text model and its processor; `close()` (or leaving a `with`) frees the memory.
 
-    def __init__(self, model_id: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    `local_files_only` takes a model named by Hub id from the download cache alone, as it is taken anyway when the
+    Hub cannot be reached (`hub.cache_only`)."""
+
+    def __init__(
+        self,
+        model_id: str,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        local_files_only: bool = False,
+    ):
         default_device, default_dtype = default_device_dtype()
         self.model_id = model_id
+        self.processor = self.model = None
         self.device = torch.device(device) if device is not None else default_device
         dtype = dtype or (default_dtype if self.device.type == default_device.type else torch.float32)
+        cache_only = hub.cache_only(model_id, local_files_only)
+        if cache_only and not hub.is_folder(model_id) and not hub.is_downloaded(model_id):
+            unreachable = hub.known_unreachable()
+            why = f"the Hub cannot be reached ({unreachable})" if unreachable else "--offline or HF_HUB_OFFLINE is set"
+            raise EnhancementError(
+                f"could not load the local VLM {model_id!r}: it is not downloaded and {why}; run `hf download "
+                f"{model_id}` where there is a network, or choose another --prompt-enhancer"
+            )
         # Any failure here (unknown id, no network, missing torchvision, out of memory) means no local prompts.
         try:
-            self.processor = load_processor(model_id)
-            self.model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, device_map=self.device)
+            self.processor = load_processor(model_id, cache_only)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model_id, dtype=dtype, device_map=self.device, local_files_only=cache_only
+            )
         except Exception as error:
             self.close()
             raise EnhancementError(f"could not load the local VLM {model_id!r}: {one_line(error)}") from error

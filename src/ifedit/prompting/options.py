@@ -21,6 +21,7 @@ class PromptOptions:
     timeout: float = 30.0
     use_cache: bool = True
     strict: bool = False
+    local_files_only: bool = False  # a local VLM from the download cache only (--offline)
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `enhance` and `enhance_many`."""

@@ -1,0 +1,75 @@
+"""Whether the Hugging Face Hub can be reached, found out once per process with one short connection attempt.
+
+Without a network the Hub's client retries every file it asks about for about half a minute before it gives up or
+falls back to its cache, so loading a model by Hub id on a machine that is offline took minutes to fail (or to use
+the copy it had all along). With the answer known, weights come from the download cache alone, and a model that is
+not there fails at once, saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from urllib.parse import urlsplit
+
+from huggingface_hub import constants, try_to_load_from_cache
+
+logger = logging.getLogger("ifedit")
+
+PROBE_SECONDS = 3.0
+# With a proxy the Hub is reached through it, which a direct connection attempt cannot judge.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_probed: dict[str, str | None] = {}  # endpoint -> why it cannot be reached, or None
+
+
+def unreachable() -> str | None:
+    """Why the Hub cannot be reached now (its name does not resolve, or nothing answers on its port within
+    PROBE_SECONDS), or None when it answers or when a proxy is set; asked once per endpoint and process."""
+    endpoint = constants.ENDPOINT
+    if endpoint not in _probed:
+        _probed[endpoint] = None if any(os.environ.get(name) for name in PROXY_VARIABLES) else _probe(endpoint)
+        if _probed[endpoint]:
+            logger.info(
+                "the Hugging Face Hub cannot be reached (%s): using downloaded weights only", _probed[endpoint]
+            )
+    return _probed[endpoint]
+
+
+def known_unreachable() -> str | None:
+    """The reason `unreachable` found, if it was asked; never asks itself."""
+    return _probed.get(constants.ENDPOINT)
+
+
+def cache_only(model_id: str, local_files_only: bool = False) -> bool:
+    """Whether a model named by Hub id must come from the download cache alone: when asked to (--offline,
+    HF_HUB_OFFLINE), or when the Hub cannot be reached. A local folder never needs the Hub."""
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        return True
+    if is_folder(model_id):
+        return False
+    return unreachable() is not None
+
+
+def is_folder(model_id: str) -> bool:
+    return os.path.isdir(os.path.expanduser(model_id))
+
+
+def is_downloaded(model_id: str, file: str = "config.json") -> bool:
+    """Whether the download cache holds `file` of the model `model_id` (its main revision)."""
+    try:
+        return isinstance(try_to_load_from_cache(model_id, file), str)
+    except ValueError:  # not a repository id
+        return False
+
+
+def _probe(endpoint: str) -> str | None:
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_SECONDS):
+            return None
+    except OSError as error:
+        return f"{host}: {error.strerror or error or type(error).__name__}"
