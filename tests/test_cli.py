@@ -110,17 +110,32 @@ def _bad_inputs(tmp_path, source):
         ([str(small), instruction, "-o", out], "image is too small|small.png is too small: 40x90 px"),
         ([str(huge), instruction, "-o", out], "too large: 8000x5001 px"),
         ([str(source), "   ", "-o", out], "instruction must not be empty"),
-        ([str(source), instruction, "-o", out, "--tld-stride", "0"], "tld_stride must be an integer >= 1"),
-        ([str(source), instruction, "-o", out, "--tld-threshold", "0"], r"tld_threshold must be .*\(0, 1\]"),
-        ([str(source), instruction, "-o", out, "--tld-threshold", "1.5"], r"tld_threshold must be .*\(0, 1\]"),
-        ([str(source), instruction, "-o", out, "--frames", "4"], "num_frames must be an integer >= 5, got 4"),
+        ([str(source), instruction, "-o", out, "--tld-stride", "0"], "--tld-stride must be an integer >= 1"),
+        ([str(source), instruction, "-o", out, "--tld-threshold", "0"], r"--tld-threshold must be .*\(0, 1\]"),
+        ([str(source), instruction, "-o", out, "--tld-threshold", "1.5"], r"--tld-threshold must be .*\(0, 1\]"),
+        ([str(source), instruction, "-o", out, "--frames", "4"], "--frames must be an integer >= 5, got 4"),
         ([str(source), instruction, "-o", str(tmp_path / "nowhere" / "x.png")], "output folder does not exist"),
         ([str(source), instruction, "-o", str(existing)], "output exists: .*exists.png .*--overwrite"),
         ([str(source), instruction, "-o", str(tmp_path / "out" / "x.gif")], r"must end in one of \.png"),
         ([str(source), instruction, "-o", out, "--steps", "many"], "argument --steps: invalid int value: 'many'"),
         ([str(source), instruction, "-o", out, "--model", "wan"], "unknown model 'wan'"),
-        ([str(source), instruction, "-o", out, "--refine-strength", "0"], r"refine_strength must be a number in"),
+        ([str(source), instruction, "-o", out, "--refine-strength", "0"], r"--refine-strength must be a number in"),
         ([str(source), instruction, "-o", out, "--device", "tpu:0"], "unknown device 'tpu:0'"),
+        # In the options' own names, and without Python's None (leaving an option out is how to say it).
+        (
+            [str(source), instruction, "-o", out, "--guidance", "1e23"],
+            r"^ifedit: error: --guidance must be a number "
+            r"from 0 to 100, got 1e\+23$",
+        ),
+        (
+            [str(source), instruction, "-o", out, "--height", "9"],
+            r"--height must be a whole number of pixels from 16 "
+            "to 4096, got 9$",
+        ),
+        (
+            [str(source), instruction, "-o", out, "--seed", "-1"],
+            r"--seed must be a whole number from 0 to \d+, got -1$",
+        ),
     ]
 
 

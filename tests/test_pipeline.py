@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMScheduler, UniPCMultistepScheduler, WanImageToVideoPipeline
 
 from ifedit import IFEditPipeline
-from ifedit.errors import InvalidInputError
+from ifedit.errors import InvalidInputError, NumericalError
 from ifedit.pipeline import DEFAULT_REFINE_PROMPT, refine_start_step, uniform_sigmas
 
 PROMPT = "the square slides to the right"
@@ -293,7 +293,7 @@ def test_uniform_schedule_with_unipc(load_tiny, source_image):
         ({"tld_positions": "x"}, "tld_positions must be contiguous or original, got 'x'"),
         ({"output_type": "latent"}, "output_type must be pil, np, pt, got 'latent'"),
         ({"sigma_schedule": "karras"}, "sigma_schedule must be default or uniform, got 'karras'"),
-        ({"guidance_scale": -1}, "guidance_scale must be a number >= 0, got -1"),
+        ({"guidance_scale": -1}, "guidance_scale must be a number from 0 to 100, got -1"),
         # The tiny transformer has 32 rotary positions per axis: 512 px a side, 125 frames.
         ({"height": 64, "width": 528}, r"528x64 px is too large for this model: at most 512 px a side"),
         ({"height": 64, "width": 96, "refine_frames": 129}, "129 frames are too many for this model: at most 125"),
@@ -329,3 +329,18 @@ def test_a_scheduler_whose_history_dropout_does_not_know_is_refused_before_any_s
 def test_small_images_are_refused(load_tiny):
     with pytest.raises(InvalidInputError, match="image is too small: 32x32 px"):
         load_tiny("a14b")(PIL.Image.new("RGB", (32, 32)), PROMPT)
+
+
+def test_an_overflowed_video_is_an_error_not_a_black_image(load_tiny, source_image):
+    """NaN or infinity in the denoised latents (an overflowing dtype, a guidance far too high) decodes to a black
+    frame whose sharpness is NaN: the edit stops with the reason instead of returning it."""
+    pipe = load_tiny()
+    with torch.no_grad():
+        next(pipe.transformer_2.parameters()).fill_(float("inf"))  # the low-noise expert's first weight overflows
+    with pytest.raises(NumericalError, match="the edit pass's video overflowed to NaN or infinity"):
+        pipe(source_image, PROMPT, refine=False, generator=torch.Generator(), **SMALL)
+
+
+def test_guidance_is_bounded_before_anything_runs(load_tiny, source_image):
+    with pytest.raises(InvalidInputError, match="guidance_scale must be a number from 0 to 100, got 1e"):
+        load_tiny()(source_image, PROMPT, guidance_scale=1e23, **SMALL)

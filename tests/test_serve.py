@@ -168,7 +168,7 @@ def test_a_client_that_gives_up_frees_its_place(server, scene):
         ({"prompt": "  "}, "prompt must not be empty", "prompt"),
         ({"steps": "abc"}, "steps: invalid int value: 'abc'", "steps"),
         ({"steps": "0"}, "steps must be an integer >= 1, got 0", "steps"),
-        ({"guidance_2": "-1"}, "guidance_2 must be a number >= 0", "guidance_2"),
+        ({"guidance_2": "-1"}, "guidance_2 must be a number from 0 to 100, got -1", "guidance_2"),
         ({"tld_history": "forget"}, "tld_history: invalid choice: 'forget'", "tld_history"),
         ({"refine": "maybe"}, "refine must be true or false, got 'maybe'", "refine"),
         ({"size": "large"}, "size must be WIDTHxHEIGHT in px (e.g. 832x480) or auto, got 'large'", "size"),

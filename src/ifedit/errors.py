@@ -11,3 +11,7 @@ class InvalidInputError(IFEditError, ValueError):
 
 class SetupError(IFEditError, RuntimeError):
     """The machine cannot run the request as asked (no GPU, weights not downloadable, missing extra)."""
+
+
+class NumericalError(IFEditError, RuntimeError):
+    """The model's numbers overflowed (NaN or infinity): an image from them would be black or noise."""

@@ -19,6 +19,9 @@ MAX_SIDE_PX = 4096
 MAX_FRAMES = 1001
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1
+# Classifier-free guidance multiplies the text's pull on every step: Wan2.2 uses 3.5, and far above that the
+# samples saturate and then overflow into a black image.
+MAX_GUIDANCE = 100
 HistoryMode = Literal["slice", "reset"]
 PositionMode = Literal["contiguous", "original"]
 SigmaSchedule = Literal["default", "uniform"]
@@ -90,9 +93,13 @@ class EditSettings:
             allowed = f"a whole number of pixels from {MIN_SIDE_PX} to {MAX_SIDE_PX}, or None for automatic"
             _require(side, name, allowed, side is None or _is_int(side, MIN_SIDE_PX, MAX_SIDE_PX))
         guidance, guidance_2 = self.guidance_scale, self.guidance_scale_2
-        _require(guidance, "guidance_scale", "a number >= 0", _is_number(guidance, 0))
+        allowed = f"a number from 0 to {MAX_GUIDANCE}"
+        _require(guidance, "guidance_scale", allowed, _is_number(guidance, 0) and guidance <= MAX_GUIDANCE)
         _require(
-            guidance_2, "guidance_scale_2", "a number >= 0 or None", guidance_2 is None or _is_number(guidance_2, 0)
+            guidance_2,
+            "guidance_scale_2",
+            f"{allowed}, or None",
+            guidance_2 is None or (_is_number(guidance_2, 0) and guidance_2 <= MAX_GUIDANCE),
         )
         _require_choice(self.sigma_schedule, "sigma_schedule", SIGMA_SCHEDULES)
         _require(self.tld_stride, "tld_stride", "an integer >= 1 (1 disables dropout)", _is_int(self.tld_stride, 1))

@@ -35,7 +35,7 @@ from .dropout import (
     slice_frames,
     slice_scheduler_history,
 )
-from .errors import InvalidInputError
+from .errors import InvalidInputError, NumericalError
 from .io import validate_image
 from .options import DecodeMode, EditSettings, HistoryMode, PositionMode, SigmaSchedule, check_call
 from .sharpness import laplacian_variance, latent_frame_candidates, sharpest
@@ -368,6 +368,11 @@ class IFEditPipeline(WanImageToVideoPipeline):
         latents, kept = self._denoise(
             run, first_frame.to(device, torch.float32), image_embeds, prompt_embeds, negative_prompt_embeds, timer
         )
+        if not torch.isfinite(latents).all():
+            raise NumericalError(
+                f"the {run.stage} pass's video overflowed to NaN or infinity (in {self.transformer.dtype}); lower "
+                "the guidance, or use float32 weights (--dtype float32)"
+            )
         # The candidates' latent frame in the denoised (possibly thinned) sequence.
         if run.latent_frame is None:
             target = latents.shape[2] - 1

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ..options import check_seed
 from ..presets import resolve_model
 from .options import (
     EXIT_CASES_FAILED,
@@ -17,6 +16,7 @@ from .options import (
     Parser,
     add_model_and_sampling_arguments,
     add_prompt_arguments,
+    check_seed_option,
     edit_settings_of,
     load_options,
     prompt_options,
@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--workers must be at least 1, got {args.workers}")
     if args.limit is not None and args.limit < 1:
         raise InvalidInputError(f"--limit must be at least 1, got {args.limit}")
-    check_seed(args.seed)
+    check_seed_option(args.seed)
     preset = with_lora_options(resolve_model(args.model), args)
     settings = edit_settings_of(preset, args)
     plan = RunPlan(

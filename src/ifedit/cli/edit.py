@@ -10,11 +10,11 @@ from pathlib import Path
 from ..errors import InvalidInputError, SetupError
 from ..extras import install_command
 from ..io import check_output_path, check_writable, load_image
-from ..options import check_seed
 from ..presets import resolve_model
 from .options import (
     add_model_and_sampling_arguments,
     add_prompt_arguments,
+    check_seed_option,
     edit_settings_of,
     enhance,
     load_options,
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the (slow) model load.
     preset = with_lora_options(resolve_model(args.model), args)
     settings = edit_settings_of(preset, args)
-    check_seed(args.seed)
+    check_seed_option(args.seed)
     instruction = user_text(args.instruction, "instruction")
     if args.prompt is not None:
         args.prompt = user_text(args.prompt, "--prompt")

@@ -7,11 +7,12 @@ import argparse
 import dataclasses
 import logging
 import math
+import re
 from typing import NoReturn
 
 from ..errors import InvalidInputError
 from ..memory import MEMORY_CHOICES
-from ..options import FAST_SETTINGS, EditSettings
+from ..options import FAST_SETTINGS, EditSettings, check_seed
 from ..presets import DEFAULT_PRESET, PRESETS, LoraWeights, Preset, edit_settings, resolve_model
 from ..prompting import DEFAULT_LOCAL_MODEL, ENHANCER_CHOICES, INPUT_KINDS, PromptOptions
 from ..redact import safe_text
@@ -306,7 +307,38 @@ def edit_settings_of(preset: Preset, args: argparse.Namespace) -> EditSettings:
             given[name] = user_text(given[name], "--" + name.replace("_", "-"))
     if args.fast:  # the shortcuts fill in what was not given explicitly
         given.update({name: value for name, value in FAST_SETTINGS.items() if given[name] is None})
-    return edit_settings(preset, **given)
+    try:
+        return edit_settings(preset, **given)
+    except InvalidInputError as error:
+        raise in_option_terms(error) from None
+
+
+# EditSettings' fields that the command line names otherwise; the others are their option's name.
+SETTING_OPTIONS = {
+    "num_inference_steps": "steps",
+    "num_frames": "frames",
+    "guidance_scale": "guidance",
+    "guidance_scale_2": "guidance_2",
+    "decode_frames": "decode",
+}
+
+
+def in_option_terms(error: InvalidInputError) -> InvalidInputError:
+    """A setting's message as EditSettings words it (Python's names; None for "not given") worded with the option
+    that sets it."""
+    name, _, rest = str(error).partition(" ")
+    if name not in {"seed", *(field.name for field in dataclasses.fields(EditSettings))}:
+        return error
+    rest = re.sub(r",? or None( for [^,]*)?", "", rest)  # leaving an option out is how a command line says None
+    return InvalidInputError(f"--{SETTING_OPTIONS.get(name, name).replace('_', '-')} {rest}")
+
+
+def check_seed_option(seed) -> None:
+    """--seed checked as `options.check_seed` checks a seed, in the option's words."""
+    try:
+        check_seed(seed)
+    except InvalidInputError as error:
+        raise in_option_terms(error) from None
 
 
 def load_options(args: argparse.Namespace):

@@ -8,11 +8,10 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..io import check_output_path
-from ..options import check_seed
 from ..presets import resolve_model
 from ..toyworld.config import TrainConfig
 from ..toyworld.scenes import EVENTS
-from .options import Parser, quiet_libraries, whole_number
+from .options import Parser, check_seed_option, quiet_libraries, whole_number
 
 logger = logging.getLogger("ifedit")
 
@@ -84,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "sample":
         from ..toyworld.files import write_sample
 
-        check_seed(args.seed)
+        check_seed_option(args.seed)
         for path in write_sample(args.seed, Path(args.out), args.event, args.overwrite):
             print(path)
         return 0
-    check_seed(args.seed)  # numpy's generators refuse a negative seed, an hour into training
+    check_seed_option(args.seed)  # numpy's generators refuse a negative seed, an hour into training
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} is a file; name a folder for the trained pipeline")

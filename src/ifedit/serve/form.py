@@ -31,14 +31,7 @@ LIMIT_FACTOR = 4
 OPENAI_FIELDS = ("prompt", "model", "n", "size", "response_format", "user")
 BOOLEAN_FIELDS = ("fast", "refine")
 SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
-# The settings' own names in the command line's messages, and the form fields they come from.
-SETTING_NAMES = {
-    "num_inference_steps": "steps",
-    "num_frames": "frames",
-    "guidance_scale": "guidance",
-    "guidance_scale_2": "guidance_2",
-    "decode_frames": "decode",
-}
+# How the command line's messages name an option: "argument --tld-history: ...", "--steps must be ...".
 MESSAGE_NAME = re.compile(r"(?:argument )?-{0,2}([a-z][a-z0-9_-]*)")
 
 
@@ -80,11 +73,10 @@ def _in_form_terms(error: InvalidInputError) -> InvalidInputError:
     match = MESSAGE_NAME.match(str(error))
     name = match[1].replace("-", "_") if match else ""
     if name in ("height", "width"):
-        return FieldError(f"size: {error}", "size")
-    field = SETTING_NAMES.get(name, name)
-    if field not in FIELDS:
+        return FieldError(f"size: {name}{str(error)[match.end() :]}", "size")
+    if name not in FIELDS:
         return error
-    return FieldError(field + str(error)[match.end() :], field)
+    return FieldError(name + str(error)[match.end() :], name)
 
 
 def _checked_text(value: str, name: str) -> str:
@@ -207,7 +199,7 @@ def _check_limits(settings: EditSettings, preset: Preset) -> None:
             f"({LIMIT_FACTOR} times the {preset.name} recipe's area)"
         )
     frame_limit = LIMIT_FACTOR * preset.recipe.num_frames
-    for name, frames in (("num_frames", settings.num_frames), ("refine_frames", settings.refine_frames)):
+    for name, frames in (("frames", settings.num_frames), ("refine_frames", settings.refine_frames)):
         if frames is not None and frames > frame_limit:
             raise InvalidInputError(f"{name} must be at most {frame_limit} on this server, got {frames}")
 

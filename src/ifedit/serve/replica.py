@@ -22,7 +22,7 @@ import torch
 
 from ..cli import options as cli_options
 from ..editor import Editor
-from ..errors import IFEditError, InvalidInputError
+from ..errors import IFEditError, InvalidInputError, NumericalError
 from ..loading import LoadOptions
 from ..options import EditSettings
 from ..pipeline import refine_start_step
@@ -125,6 +125,8 @@ class EditReplica:
             emit(error_event(499, "cancelled", "the edit was cancelled"))
         except InvalidInputError as error:
             emit(error_event(400, "invalid_input", str(error)))
+        except NumericalError as error:  # a retry would overflow alike
+            emit(error_event(500, "numerical_error", str(error)))
         except IFEditError as error:
             emit(error_event(503, "setup_error", str(error)))
         except torch.OutOfMemoryError:
