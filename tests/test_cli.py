@@ -211,6 +211,11 @@ def test_recorded_command_lines_hide_api_keys():
     assert recorded_argv(argv) == ["bench", "run", "--vlm-api-key", "***", "--vlm-api-model", "m",
                                    "--judge-api-key=***", "--seed", "3"]  # fmt: skip
     assert recorded_argv(["edit", "api-key", "--vlm-api-model", "m"]) == ["edit", "api-key", "--vlm-api-model", "m"]
+    # Misspelt key options too (the parser refuses them, but the key must not reach its message either) - yet not
+    # the options that only look alike.
+    assert recorded_argv(["edit", "--vlm-api-kye", "sk-3", "--api-kee=sk-4"]) == ["edit", "--vlm-api-kye", "***",
+                                                                                  "--api-kee=***"]  # fmt: skip
+    assert recorded_argv(["bench", "--judge-api-model", "m"]) == ["bench", "--judge-api-model", "m"]
 
 
 def test_prompt_command_without_a_vlm_says_so_once(source, capsys, monkeypatch):

@@ -83,7 +83,9 @@ def _gif_header(width: int, height: int) -> bytes:
 
 
 def test_abbreviated_key_option_is_refused_and_its_value_never_shown(tmp_path, source, capsys):
-    for spelling in (["--vlm-api-k", KEY], [f"--vlm-api-ke={KEY}"], ["--judge-api-k", KEY]):
+    spellings = (["--vlm-api-k", KEY], [f"--vlm-api-ke={KEY}"], ["--judge-api-k", KEY], ["--vlm-api-kye", KEY],
+                 ["--vlm-apikye", KEY], ["--vlm-base", KEY])  # fmt: skip
+    for spelling in spellings:
         command = "prompt" if "vlm" in spelling[0] else "bench"
         arguments = (
             [command, str(source), "x", *spelling] if command == "prompt" else ["bench", "score", "d", *spelling]

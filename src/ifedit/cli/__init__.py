@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import re
@@ -81,6 +82,7 @@ def _is_secret_option(arg: str) -> bool:
     return name.startswith("-") and (
         any(word in name for word in SECRET_WORDS)
         or any(option.startswith(name) and name.startswith(option[: -len("ey")]) for option in SECRET_OPTIONS)
+        or bool(difflib.get_close_matches(name, SECRET_OPTIONS, n=1, cutoff=0.85))  # --vlm-api-kye, --api-kee
     )
 
 

@@ -41,8 +41,23 @@ class Parser(argparse.ArgumentParser):
         # would pass it up to `ifedit`, whose --help does not.
         namespace, extras = super().parse_known_args(args, namespace)
         if extras and self._subparsers is None:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
+            self.error(f"unrecognized arguments: {' '.join(_unknown_shown(extras))}")
         return namespace, extras
+
+
+def _unknown_shown(extras: list[str]) -> list[str]:
+    """Unrecognised arguments as a message may show them: the value of an unknown option, which may be a key under
+    a misspelt name, is `***`."""
+    shown, after_option = [], False
+    for arg in extras:
+        if arg.startswith("-") and len(arg) > 1:
+            name, inline, _ = arg.partition("=")
+            shown.append(f"{name}=***" if inline else arg)
+            after_option = not inline
+        else:
+            shown.append("***" if after_option else arg)
+            after_option = False
+    return shown
 
 
 def finite_float(text: str) -> float:
