@@ -97,7 +97,10 @@ def _check_base_url(base_url: str) -> None:
             "api_base_url must be ASCII without spaces or control characters (percent-encode the others), "
             f"got {base_url!r}"
         )
-    parts = urllib.parse.urlsplit(base_url)
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+    except ValueError as error:  # an unclosed IPv6 bracket
+        raise InvalidInputError(f"api_base_url is not a URL ({error}), got {base_url!r}") from None
     if parts.username is not None or parts.password is not None:
         raise InvalidInputError(
             "api_base_url must not hold a user name or password (it is kept in records): "
