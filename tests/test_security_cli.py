@@ -17,6 +17,7 @@ import zlib
 
 import PIL.Image
 import pytest
+import safetensors.torch
 
 import ifedit.outputs
 from chat_server import Reply, completion
@@ -423,4 +424,24 @@ def test_a_model_folder_with_damaged_files_is_one_line_naming_the_folder(tmp_pat
         assert str(folder) in errors[0], printed
         if command[0] == "plan" or part == "model_index.json":
             assert re.search(reason, errors[0]), printed
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("damage", ["a tensor removed", "another part's file"])
+def test_weights_lacking_tensors_are_one_line_naming_the_part(tmp_path, source, tiny_dirs, capsys, damage):
+    """diffusers loads a weights file that lacks some of the model's tensors by leaving those without data; placing
+    the model then failed inside torch ("Cannot copy out of meta tensor")."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dirs["a14b"], folder)
+    if damage == "a tensor removed":
+        tensors = safetensors.torch.load_file(folder / WEIGHTS)
+        tensors.pop(sorted(tensors)[0])
+        safetensors.torch.save_file(tensors, folder / WEIGHTS)
+    else:
+        shutil.copy(folder / "vae" / "diffusion_pytorch_model.safetensors", folder / WEIGHTS)
+    output = tmp_path / "o.png"
+    code, printed = _run(capsys, "edit", str(source), "melt", "-o", str(output), *FAST, "--model", str(folder))
+    errors = [line for line in printed.splitlines() if "error:" in line]
+    assert code != 0 and "Traceback" not in printed and len(errors) == 1, printed
+    assert f"could not load the pipeline in {folder}: the transformer weights lack" in errors[0]
     assert not output.exists()

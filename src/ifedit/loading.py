@@ -635,9 +635,11 @@ def _from_pretrained(
         except ValueError as error:  # InvalidInputError among them
             raise SetupError(f"could not load the pipeline in {model_id}: {error}") from None
     try:
-        return IFEditPipeline.from_pretrained(
+        pipe = IFEditPipeline.from_pretrained(
             os.path.expanduser(model_id), dtype=dtypes, local_files_only=local_files_only, **components
         )
+        _check_complete(pipe, model_id)
+        return pipe
     except (OSError, ValueError) as error:
         if is_local:
             raise SetupError(f"could not load the pipeline in {model_id}: {_reason(error)}") from None
@@ -652,6 +654,21 @@ def _from_pretrained(
         else:
             reason = _first_line(error)
         raise SetupError(f"could not load the pipeline in {model_id}: {reason}") from None
+
+
+def _check_complete(pipe: IFEditPipeline, model_id: str) -> None:
+    """Refuse a pipeline whose weight files lack tensors its config has: diffusers leaves those without data (on the
+    meta device), and placing the model then fails deep inside torch."""
+    for name, module in pipe.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        missing = [key for key, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_meta]
+        if missing:
+            raise SetupError(
+                f"could not load the pipeline in {model_id}: the {name} weights lack {len(missing)} of its tensors "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); the file is incomplete or another "
+                "model's"
+            )
 
 
 def _load_expert(
