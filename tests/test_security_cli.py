@@ -445,3 +445,26 @@ def test_weights_lacking_tensors_are_one_line_naming_the_part(tmp_path, source, 
     assert code != 0 and "Traceback" not in printed and len(errors) == 1, printed
     assert f"could not load the pipeline in {folder}: the transformer weights lack" in errors[0]
     assert not output.exists()
+
+
+def test_no_output_replaces_the_source_image_even_with_overwrite(tmp_path, source, tiny_dirs, capsys):
+    photo = tmp_path / "in" / "photo.json"  # a PNG under the name the record of photo.png would take
+    photo.parent.mkdir()
+    shutil.copy(source, photo)
+    kept = photo.read_bytes()
+    cases = [
+        (["-o", str(photo.with_suffix(".png"))], "the record output .*photo.json is the source image"),
+        (["-o", str(photo)], "must end in one of"),  # a .json image as -o is refused by its suffix already
+        (["-o", str(tmp_path / "o.png"), "--save-frames", str(photo.parent)], "--save-frames .*in holds the source"),
+    ]
+    for extra, message in cases:
+        code, printed = _run(capsys, "edit", str(photo), "melt", *extra, "--overwrite", *FAST, "--model",
+                             tiny_dirs["a14b"])  # fmt: skip
+        assert code == 2 and re.search(message, printed), printed
+    same = tmp_path / "same.png"
+    shutil.copy(source, same)
+    code, printed = _run(capsys, "edit", str(same), "melt", "-o", str(same), "--overwrite", *FAST, "--model",
+                         tiny_dirs["a14b"])  # fmt: skip
+    assert code == 2 and "the image output" in printed and "is the source image" in printed
+    assert photo.read_bytes() == kept and same.read_bytes() == source.read_bytes()
+    assert sorted(path.name for path in photo.parent.iterdir()) == ["photo.json"]

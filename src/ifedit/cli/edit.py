@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 from ..errors import InvalidInputError, SetupError
@@ -142,7 +143,18 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
             )
         check_writable(folder.parent)
         paths = {"frames": folder, **paths}
+    _check_source_kept(Path(args.image), paths)
     return paths
+
+
+def _check_source_kept(source: Path, paths: dict[str, Path]) -> None:
+    """No output replaces the image being edited, --overwrite or not: the record, the video or a frame named like
+    it would leave the user without their photo."""
+    for name, path in paths.items():
+        held = path.is_dir() and source.parent.exists() and os.path.samefile(path, source.parent)
+        if held or (path.exists() and not path.is_dir() and os.path.samefile(path, source)):
+            what = f"--save-frames {path} holds" if held else f"the {name} output {path} is"
+            raise InvalidInputError(f"{what} the source image {source}; name another output")
 
 
 def _check_output_file(path: Path, overwrite: bool) -> None:
