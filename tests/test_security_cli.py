@@ -468,3 +468,25 @@ def test_no_output_replaces_the_source_image_even_with_overwrite(tmp_path, sourc
     assert code == 2 and "the image output" in printed and "is the source image" in printed
     assert photo.read_bytes() == kept and same.read_bytes() == source.read_bytes()
     assert sorted(path.name for path in photo.parent.iterdir()) == ["photo.json"]
+
+
+def test_names_too_long_and_frame_folders_that_are_not_folders_are_one_line_before_work(tmp_path, source, tiny_dirs,
+                                                                                       capsys):  # fmt: skip
+    """A name over the file system's limit raised from Path.exists(); one a little under it passed every check and
+    failed only when the finished edit's temporary copies were written."""
+    model = ["--model", tiny_dirs["a14b"], *FAST]
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "nowhere").symlink_to(tmp_path / "missing")
+    out = str(tmp_path / "o.png")
+    cases = [
+        ([str(tmp_path / ("a" * 300 + ".png")), "-o", out], "cannot open the image .*File name too long"),
+        ([str(source), "-o", str(tmp_path / ("b" * 300 + ".png"))], "output name is too long: 300 bytes"),
+        ([str(source), "-o", str(tmp_path / ("c" * 230 + ".png"))], "output name is too long: 230 bytes"),
+        ([str(source), "-o", str(tmp_path / "file" / "o.png")], "output folder is not a folder"),
+        ([str(source), "-o", out, "--save-frames", str(tmp_path / "nowhere")], "is a link to nothing"),
+        ([str(source), "-o", out, "--save-frames", str(tmp_path / "file")], "file is a file; name a folder"),
+    ]
+    for arguments, message in cases:
+        code, printed = _run(capsys, "edit", arguments[0], "melt", *arguments[1:], *model)
+        assert code == 2 and len(printed.strip().splitlines()) == 1 and re.search(message, printed), printed
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file", "nowhere", "source.png"]

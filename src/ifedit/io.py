@@ -46,9 +46,13 @@ def load_image(path: str | os.PathLike, *, max_bytes: int | None = None, name: s
     """
     path = Path(path)
     shown = name or str(path)
-    if not path.exists():
+    try:
+        found, is_file = path.exists(), path.is_file()
+    except OSError as error:  # a name longer than the file system allows
+        raise InvalidInputError(f"cannot open the image {shown}: {error.strerror or error}") from None
+    if not found:
         raise InvalidInputError(f"image file not found: {shown}")
-    if not path.is_file():
+    if not is_file:
         raise InvalidInputError(f"image path is not a file: {shown}")
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
@@ -121,14 +125,40 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise InvalidInputError(f"output {path} must end in one of {', '.join(suffixes)}")
-    if not path.parent.is_dir():
-        raise InvalidInputError(f"output folder does not exist: {path.parent}")
-    if path.is_dir():
-        raise InvalidInputError(f"output {path} is a folder; name a file")
-    if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link is there too
-        raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
+    try:
+        if not path.parent.is_dir():
+            what = "is not a folder" if path.parent.exists() else "does not exist"
+            raise InvalidInputError(f"output folder {what}: {path.parent}")
+        _check_name_fits(path)
+        if path.is_dir():
+            raise InvalidInputError(f"output {path} is a folder; name a file")
+        if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link is there too
+            raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
+    except OSError as error:  # a name longer than the file system allows
+        raise InvalidInputError(f"output {path}: {error.strerror or error}") from None
     check_writable(path.parent)
     return path
+
+
+# What `staged_outputs` adds to an output's name for its temporary copy: "." before, "." + 16 hex digits + ".tmp"
+# and the suffix again after; and the longest suffix an output or its record has (".jpeg", ".json").
+TEMPORARY_NAME_EXTRA = 22
+LONGEST_SUFFIX = 5
+
+
+def _check_name_fits(path: Path) -> None:
+    """Refuse an output name whose record's temporary copy would be longer than the file system allows, before the
+    work that the failed write would lose."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    most = limit - TEMPORARY_NAME_EXTRA - 2 * LONGEST_SUFFIX
+    if len(os.fsencode(path.stem)) > most:
+        raise InvalidInputError(
+            f"output name is too long: {len(os.fsencode(path.stem))} bytes before its suffix (at most {most} here, "
+            f"so that the temporary copies it is written through fit the file system's {limit})"
+        )
 
 
 def check_writable(folder: Path) -> None:

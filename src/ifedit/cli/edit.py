@@ -137,7 +137,11 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
             raise InvalidInputError(f"folder for --save-frames does not exist: {folder.parent}")
         if any(folder.absolute() == path.absolute() for path in paths.values()):
             raise InvalidInputError(f"--save-frames {folder} is also the name of an output file; choose another")
-        if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not args.overwrite)):
+        if folder.is_symlink() and not folder.exists():
+            raise InvalidInputError(f"--save-frames {folder} is a link to nothing; name a folder")
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInputError(f"--save-frames {folder} is a file; name a folder")
+        if folder.exists() and any(folder.iterdir()) and not args.overwrite:
             raise InvalidInputError(
                 f"--save-frames {folder} exists and is not empty (pass --overwrite to write into it)"
             )
