@@ -62,3 +62,18 @@ def test_frames_round_to_4n_plus_1(frames, expected, caplog):
 def test_too_few_frames_are_refused():
     with pytest.raises(InvalidInputError, match="frames must be at least 5, got 4"):
         round_frames(4)
+
+
+@pytest.mark.parametrize("image_size", [(64, 4000), (4000, 64), (1000, 64)])
+def test_a_photo_too_narrow_for_the_models_area_is_refused_not_made_a_strip(image_size, caplog):
+    """At the toy model's 4096-pixel area and 64 px sides a 64 x 4000 photo became an 8 px wide clip."""
+    with (
+        caplog.at_level(logging.WARNING, logger="ifedit"),
+        pytest.raises(
+            InvalidInputError, match=rf"\({image_size[0]}x{image_size[1]} px\) is too narrow .* at least 16 px"
+        ),
+    ):
+        fit_size(image_size, None, None, max_area=64 * 64, multiple=8, largest_side=64)
+    assert not caplog.records  # the refusal is the only line
+    assert fit_size((256, 64), None, None, max_area=64 * 64, multiple=8, largest_side=64) == (16, 64)
+    assert fit_size(image_size, 64, 64, max_area=64 * 64, multiple=8, largest_side=64) == (64, 64)  # sides given

@@ -34,9 +34,14 @@ def fit_size(
     if height is None and width is None:
         height = math.sqrt(max_area * aspect)
         width = math.sqrt(max_area / aspect)
-        if largest_side is not None and max(height, width) > largest_side:
+        shrunk = largest_side is not None and max(height, width) > largest_side
+        if shrunk:
             scale = largest_side / max(height, width)
             fitted = _floor_to(height * scale, multiple), _floor_to(width * scale, multiple)
+        else:
+            fitted = _round_to(height, multiple), _round_to(width, multiple)
+        _check_short_side(fitted, image_size, multiple)
+        if shrunk:
             logger.warning(
                 "%dx%d px (the default area) is more than this model's %d px a side: using %dx%d",
                 _round_to(width, multiple),
@@ -45,8 +50,7 @@ def fit_size(
                 fitted[1],
                 fitted[0],
             )
-            return fitted
-        return _round_to(height, multiple), _round_to(width, multiple)
+        return fitted
     if height is None:
         height = _round_to(width * aspect, multiple)
     if width is None:
@@ -62,6 +66,22 @@ def fit_size(
             width,
         )
     return rounded
+
+
+# The fewest latent patches (`multiple` px) across the short side of a clip sized from the photo: one is a strip of
+# single tokens that no video model was trained on (a 64 x 4000 photo at the toy model's area came out 8 px wide).
+MIN_SHORT_SIDE_PATCHES = 2
+
+
+def _check_short_side(fitted: tuple[int, int], image_size: tuple[int, int], multiple: int) -> None:
+    least = MIN_SHORT_SIDE_PATCHES * multiple
+    if min(fitted) < least:
+        width, height = image_size
+        raise InvalidInputError(
+            f"the image's shape ({width}x{height} px) is too narrow for this model: at its area the clip would be "
+            f"{fitted[1]}x{fitted[0]} px, and each side must be at least {least} px; crop the image, or give "
+            "--height and --width"
+        )
 
 
 def round_frames(num_frames: int, temporal_scale: int = 4) -> int:
