@@ -98,6 +98,10 @@ def test_openai_client_edits_and_gets_the_same_pixels_as_base64_and_as_url(serve
     assert [record["seed"] for record in records] == [5, 6]
     assert all(record["settings"]["num_inference_steps"] == 2 for record in records)
     assert records[0]["instruction"] == "slide the red square left" and records[0]["source"]["path"] == "scene.png"
+    # How the edit was made, not how the server is laid out: no path of its files, no figure of its free memory.
+    text = json.dumps(records)
+    assert os.path.dirname(get_preset("toyworld").model_id) not in text and "free_host_gb" not in text
+    assert records[0]["model"]["model_id"] == "weights" and records[0]["memory_plan"]["tier"]
     assert (
         answer.data[0].revised_prompt == records[0]["prompt"] and "slide the red square left" in records[0]["prompt"]
     )

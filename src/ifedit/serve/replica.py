@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,7 @@ logger = logging.getLogger("ifedit")
 
 Event = dict[str, Any]
 FINAL_EVENTS = ("result", "error")
+HOST_STATE = ("free_host_gb", "free_gpu_gb")  # the serving machine's memory when the model loaded
 # What the prompt stage reads from the command line (`cli_options.enhance`); a replica gets these and nothing else.
 PROMPT_OPTIONS = (
     "prompt_enhancer",
@@ -170,8 +172,24 @@ class EditReplica:
             )
             png = io.BytesIO()
             edit.result.image.save(png, format="PNG")
-            images.append({"png": png.getvalue(), "prompt": prompt, "record": redact_data(edit.record)})
+            images.append({"png": png.getvalue(), "prompt": prompt, "record": served_record(edit.record)})
         return {"event": "result", "images": images, "seconds": time.perf_counter() - start}
+
+
+def served_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An edit's record as a client may see it: keys masked, the server's files named by their base names only,
+    and the machine's free memory left out (clients learn how the edit was made, not how the server is laid out)."""
+    return redact_data(_without_host(record))
+
+
+def _without_host(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_host(item) for key, item in value.items() if key not in HOST_STATE}
+    if isinstance(value, (list, tuple)):
+        return [_without_host(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value) and os.path.exists(value):
+        return os.path.basename(value.rstrip(os.sep)) or value
+    return value
 
 
 def _device(options: argparse.Namespace) -> str | None:
