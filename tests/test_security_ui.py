@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -303,6 +304,28 @@ def test_uploads_and_examples_are_read(server, photo):
     [examples] = [block for block in config["components"] if block["type"] == "dataset"]
     for sample in examples["props"]["samples"]:
         assert server.call("inspect", sample[0]) == ("complete", [64, 64, ""])
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({"Host": "rebind.attacker.example"}, False),  # a name its owner rebound to 127.0.0.1
+        ({"Origin": "https://attacker.example"}, False),  # another site's page posting to the local port
+        ({"Origin": "null"}, False),
+        ({"Host": "localhost"}, True),
+        ({}, True),
+    ],
+)
+def test_the_page_answers_only_this_machines_names_and_pages(server, headers, allowed):
+    """A page on 127.0.0.1 is out of other machines' reach, not out of other sites' pages in the user's browser."""
+    request = urllib.request.Request(f"{server.url}config", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+        assert "answers only this machine's own pages and names" in error.read().decode()
+    assert status == (200 if allowed else 403)
 
 
 def test_a_decompression_bomb_is_a_one_line_bad_image_message(server):

@@ -32,6 +32,7 @@ import PIL.Image
 
 from .editor import Editor, final_frame
 from .errors import IFEditError, InvalidInputError
+from .hosts import LoopbackOnly, is_loopback
 from .io import MAX_UPLOAD_BYTES, load_image, save_image, save_json
 from .options import MIN_FRAMES, EditSettings, check_seed
 from .outputs import save_video
@@ -614,9 +615,12 @@ def build_page(app: EditorApp) -> gr.Blocks:
 def serve(app: EditorApp, host: str, port: int, share: bool) -> None:
     """Serve the page until interrupted: one edit at a time (one model, one device), the rest queued in view; then
     delete what the app wrote and Gradio's copies of this page's uploads and results."""
+    from starlette.middleware import Middleware
+
     page = build_page(app)
     page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
-    if host not in ("127.0.0.1", "localhost", "::1") or share:
+    local = is_loopback(host) and not share
+    if not local:
         logger.warning("the page is reachable from other machines: anyone who can reach it can run the model")
     logger.info("results are kept in %s until the page stops", app.workdir)
     try:
@@ -629,6 +633,15 @@ def serve(app: EditorApp, host: str, port: int, share: bool) -> None:
             theme=gr.themes.Default(**THEME_FONTS),
             show_error=False,
             quiet=True,
+            # On this machine alone, the page answers only this machine's names and pages (`hosts.LoopbackOnly`).
+            app_kwargs={"middleware": [Middleware(LoopbackOnly, respond=_refused_page)]} if local else None,
         )
     finally:
         app.close()
+
+
+def _refused_page(reason: str):
+    from starlette.responses import PlainTextResponse
+
+    message = f"this page answers only this machine's own pages and names; this request was {reason}"
+    return PlainTextResponse(safe_text(message), status_code=403)

@@ -35,13 +35,13 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from ..errors import IFEditError, InvalidInputError, SetupError
+from ..hosts import LoopbackOnly
 from ..io import MAX_UPLOAD_BYTES, load_image
 from ..presets import Preset
 from ..redact import safe_text
 from .command import KEY_VARIABLE
 from .files import ResultFiles
 from .form import EditRequest, parse_form
-from .hosts import loopback_authority, loopback_origin
 from .metrics import CONTENT_TYPE, Metrics
 from .replica import Event
 
@@ -426,34 +426,6 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-class LoopbackOnly:
-    """A server without an API key listens on loopback only, yet a web page its user opens can still reach it: a
-    form posted across sites needs no permission, and a page whose name is rebound to 127.0.0.1 (DNS rebinding)
-    can read the answers. So it answers only requests addressed to a loopback name and sent from no other site
-    (403 otherwise). With a key browsers cannot send it across sites: the header needs a permission never given."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        host = headers.get(b"host", b"").decode("latin-1")
-        origin = headers.get(b"origin")
-        if not loopback_authority(host):
-            refused = f"addressed to {host[:100]!r}"
-        elif origin is not None and not loopback_origin(origin.decode("latin-1")):
-            refused = f"sent by a page of {origin.decode('latin-1')[:100]!r}"
-        else:
-            return await self.app(scope, receive, send)
-        message = (
-            f"this server has no API key, so it answers only requests to localhost from this machine; this one was "
-            f"{refused} (set ${KEY_VARIABLE} to serve other names and pages)"
-        )
-        await ApiError(403, message, "forbidden_without_key").response()(scope, receive, send)
-
-
 class CountRequests:
     """Count every answer by route and status, including the ones middleware gives."""
 
@@ -496,7 +468,9 @@ def build_app(service: Service) -> FastAPI:
     app = FastAPI(title="ifedit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + FORM_BYTES)
     if service.config.api_key is None:
-        app.add_middleware(LoopbackOnly)
+        # With a key, browsers cannot send requests across sites: the Authorization header needs a permission
+        # (CORS) this server never gives. Without one, only this machine's own names and pages are answered.
+        app.add_middleware(LoopbackOnly, respond=_refused_without_key)
     app.add_middleware(CountRequests, metrics=service.metrics)
 
     @app.exception_handler(ApiError)
@@ -579,6 +553,14 @@ def build_app(service: Service) -> FastAPI:
         return Response(service.metrics.text(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def _refused_without_key(reason: str) -> JSONResponse:
+    message = (
+        f"this server has no API key, so it answers only requests to localhost from this machine; this one was "
+        f"{reason} (set ${KEY_VARIABLE} to serve other names and pages)"
+    )
+    return ApiError(403, message, "forbidden_without_key").response()
 
 
 async def _admitted_job(service: Service, request: Request) -> Job:

@@ -10,11 +10,11 @@ import os
 from ..cli import options as cli_options
 from ..errors import InvalidInputError, SetupError
 from ..extras import install_command
+from ..hosts import is_loopback
 from ..loading import check_placement
 from ..presets import resolve_model
 from ..redact import register_secret
 from .backends import LocalBackend, RayBackend, RayPlan
-from .hosts import is_loopback
 from .replica import EditReplica, prompt_options
 
 logger = logging.getLogger("ifedit")
