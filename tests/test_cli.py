@@ -317,3 +317,18 @@ def test_the_readme_no_gpu_example_runs(tmp_path):
     arguments[arguments.index("-o") + 1] = str(tmp_path / "edited.png")
     assert main(arguments) == 0
     assert PIL.Image.open(tmp_path / "edited.png").size == (64, 64)
+
+
+def test_options_that_will_not_act_are_named_and_contradictions_refused(tmp_path, source, tiny_dirs, capsys):
+    nowhere = str(tmp_path / "nowhere" / "o.png")  # stops the run after the options are read
+    base = ["edit", str(source), "the square slides right", "-o", nowhere, "--model", tiny_dirs["a14b"]]
+    main([*base, "--no-refine", "--refine-frames", "9", "--tld-stride", "1", "--tld-threshold", "0.5",
+          "--prompt", "a square slides", "--vlm", "some/vlm"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--refine-frames has no effect: the refinement pass is off" in err
+    assert "--tld-threshold has no effect: --tld-stride 1 drops no frames" in err
+    assert "--vlm has no effect: --prompt is used as given" in err
+    main([*base, "--refine-frames", "9", "--tld-threshold", "0.5"])  # each acts here: nothing to say
+    assert "no effect" not in capsys.readouterr().err
+    assert main([*base, "--no-lora", "--lora-scale", "0.5"]) == 2
+    assert "--no-lora and --lora-scale contradict each other" in capsys.readouterr().err

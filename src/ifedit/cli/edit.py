@@ -19,6 +19,7 @@ from .options import (
     edit_settings_of,
     enhance,
     load_options,
+    note_unused_options,
     quiet_libraries,
     user_text,
     with_lora_options,
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the (slow) model load.
     preset = with_lora_options(resolve_model(args.model), args)
     settings = edit_settings_of(preset, args)
+    note_unused_options(args, settings)
     check_seed_option(args.seed)
     instruction = user_text(args.instruction, "instruction")
     if args.prompt is not None:

@@ -356,6 +356,22 @@ def check_seed_option(seed) -> None:
         raise in_option_terms(error) from None
 
 
+def note_unused_options(args: argparse.Namespace, settings: EditSettings) -> None:
+    """Say which options given will not act, rather than ignore them silently."""
+    unused = []
+    if not settings.refine:
+        reason = "the refinement pass is off (--refine turns it on)"
+        unused += [(name, reason) for name in ("refine_frames", "refine_steps", "refine_strength", "refine_prompt")]
+    if settings.tld_stride == 1:
+        unused.append(("tld_threshold", "--tld-stride 1 drops no frames"))
+    if getattr(args, "prompt", None) is not None:
+        reason = "--prompt is used as given"
+        unused += [(name, reason) for name in ("vlm", "vlm_base_url", "vlm_api_model", "strict_prompt")]
+    for name, reason in unused:
+        if getattr(args, name, None) not in (None, False):
+            logger.warning("--%s has no effect: %s", name.replace("_", "-"), reason)
+
+
 def load_options(args: argparse.Namespace):
     from ..loading import LoadOptions
 
@@ -384,6 +400,11 @@ def load_options(args: argparse.Namespace):
 def with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
     """Apply --no-lora / --lora-* to the preset's LoRA list."""
     if args.no_lora:
+        named = {"--lora-high": args.lora_high, "--lora-low": args.lora_low, "--lora-source": args.lora_source,
+                 "--lora-scale": args.lora_scale}  # fmt: skip
+        given = [flag for flag, value in named.items() if value is not None]
+        if given:
+            raise InvalidInputError(f"--no-lora and {given[0]} contradict each other: drop one")
         return preset.with_loras(())
     given = {"transformer": args.lora_high, "transformer_2": args.lora_low}
     if not (args.lora_source or args.lora_subfolder or any(given.values()) or args.lora_scale is not None):
