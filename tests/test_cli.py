@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 
@@ -332,3 +333,12 @@ def test_options_that_will_not_act_are_named_and_contradictions_refused(tmp_path
     assert "no effect" not in capsys.readouterr().err
     assert main([*base, "--no-lora", "--lora-scale", "0.5"]) == 2
     assert "--no-lora and --lora-scale contradict each other" in capsys.readouterr().err
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """`ifedit plan --json | head -c 10`: the reader leaves; Python's BrokenPipeError traceback is not for users."""
+    plan = subprocess.Popen([sys.executable, "-m", "ifedit", "plan", "--model", "paper", "--gpu-memory", "24",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    plan.stdout.close()  # gone before the plan is printed (importing takes seconds)
+    assert plan.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert plan.stderr.read() == b""

@@ -159,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ifedit: interrupted; outputs of the unfinished work were not written", file=sys.stderr)
         return 128 + received[0] if received else EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of the output went away (`ifedit plan --json | head`): stop quietly, as other tools do, with
+        # the status a shell reports for SIGPIPE; stdout goes nowhere so Python's flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _configure_logging(quiet: bool) -> None:

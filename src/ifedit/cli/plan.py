@@ -16,7 +16,7 @@ def register(commands) -> None:
         help="predict an edit's GPU and host memory for every memory plan, and which one --memory auto takes",
         description="Predict, without a GPU or any weights, the peak GPU and host memory of one edit for every "
         "memory plan (fastest first: resident, model, fp8-model, group, gguf, sequential), which fit, and the "
-        "one `--memory auto` would take. The formulas are in src/ifedit/memory.py.",
+        "one `--memory auto` would take. The formulas are in the module ifedit.memory.",
         epilog="example: ifedit plan --model paper --gpu-memory 24 --host-memory 64",
     )
     plan.add_argument("--model", default=DEFAULT_PRESET, help=f"a preset or a local pipeline folder (default: "
