@@ -342,3 +342,17 @@ def test_output_cut_short_by_its_reader_ends_quietly():
     plan.stdout.close()  # gone before the plan is printed (importing takes seconds)
     assert plan.wait(timeout=120) == 128 + signal.SIGPIPE
     assert plan.stderr.read() == b""
+
+
+def test_the_memory_plan_is_sized_for_the_photos_clip(tmp_path):
+    """The plan is made before the model loads, but after the photo is read: its clip is the photo's shape at the
+    model's area (it was 48 x 88, the default 480 x 832 shape, for a 64 x 64 toy-world edit)."""
+    photo = tmp_path / "square.png"
+    PIL.Image.new("RGB", (64, 64), (200, 40, 40)).save(photo)
+    output = tmp_path / "o.png"
+    assert main(["edit", str(photo), "the square slides right", "-o", str(output), "--model", "toyworld",
+                 "--steps", "2", "--frames", "5", "-q"]) == 0  # fmt: skip
+    record = json.loads(output.with_suffix(".json").read_text())
+    planned = record["memory_plan"]["planned_clip"]
+    assert (planned["height"], planned["width"]) == (record["settings"]["height"], record["settings"]["width"])
+    assert (planned["height"], planned["width"]) == (64, 64)

@@ -92,10 +92,12 @@ class LoadOptions:
     # Expert checkpoints as single files (checkpoints.py), replacing the model's own experts.
     transformer: str | None = None
     transformer_2: str | None = None
-    # The clip the memory plan is sized for; None: the preset's frames and area.
+    # The clip the memory plan is sized for; None: the preset's frames and area, at the photo's aspect (width,
+    # height) where it is known.
     plan_frames: int | None = None
     plan_height: int | None = None
     plan_width: int | None = None
+    plan_image_size: tuple[int, int] | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -405,7 +407,8 @@ def plan_placement(
     mode: str | None = None,
 ) -> MemoryPlan:
     """Read the free GPU (CUDA only) and host memory and choose the placement for `size`."""
-    clip = clip_for(preset, size, options.plan_frames, options.plan_height, options.plan_width)
+    photo = {"image_size": options.plan_image_size} if options.plan_image_size else {}
+    clip = clip_for(preset, size, options.plan_frames, options.plan_height, options.plan_width, **photo)
     free_gpu = torch.cuda.mem_get_info(device)[0] / GIB if device.type == "cuda" else None
     return choose_placement(options, size, clip, device.type, _bytes(dtype), free_gpu, available_host_gb(), mode)
 

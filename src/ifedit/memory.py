@@ -238,16 +238,22 @@ class Clip:
 
 
 def clip_for(
-    preset: Preset, size: ModelSize, frames: int | None = None, height: int | None = None, width: int | None = None
+    preset: Preset,
+    size: ModelSize,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    image_size: tuple[int, int] = (832, 480),
 ) -> Clip:
     """The clip an edit with `preset` runs: frames up to 4n + 1 and sides up to the model's multiple, quietly (the
-    pipeline, which rounds to the nearest, says so itself); sides not given follow the preset's area at 480 x 832."""
+    pipeline, which rounds to the nearest, says so itself); sides not given follow the preset's area at the photo's
+    aspect (`image_size`, width by height; 832 x 480 where the photo is not known yet)."""
     recipe = preset.recipe
     frames = recipe.num_frames if frames is None else frames
     frames = -(-max(frames - 1, 0) // size.vae_temporal) * size.vae_temporal + 1
     multiple = size.size_multiple
     height, width = (None if side is None else max(1, -(-side // multiple)) * multiple for side in (height, width))
-    height, width = fit_size((832, 480), height, width, recipe.max_area, multiple)
+    height, width = fit_size(image_size, height, width, recipe.max_area, multiple)
     guided = max(recipe.guidance_scale, recipe.guidance_scale_2 or 0) > 1
     prompts = (2 if recipe.refine else 1) * (2 if guided else 1)
     return Clip(frames, height, width, prompts, recipe.max_sequence_length)

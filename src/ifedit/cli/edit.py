@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import save_image, save_json, staged_outputs
     from ..loading import check_placement
 
-    options = load_options(args)
+    options = dataclasses.replace(load_options(args), plan_image_size=image.size)  # the plan sizes this photo's clip
     check_placement(preset, options)
     # The prompt stage runs first: a local VLM is loaded, used and released before the video model loads.
     if args.prompt is not None:
