@@ -36,6 +36,22 @@ def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
     assert loaded[0, 0, 0] == 128
 
 
+def test_floating_point_gray_in_zero_to_one_is_scaled_not_made_black(tmp_path):
+    image = PIL.Image.fromarray(np.full((64, 64), 0.5, dtype=np.float32))  # mode F, as scientific TIFFs hold it
+    loaded = np.asarray(load_image(_write(image, tmp_path / "float.tiff")))
+    assert loaded[0, 0, 0] in (127, 128)
+
+
+def test_an_animated_image_is_edited_from_its_first_frame_and_says_so(tmp_path, caplog):
+    frames = [PIL.Image.new("RGB", (64, 64), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+    path = tmp_path / "moving.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with caplog.at_level("WARNING", logger="ifedit"):
+        loaded = np.asarray(load_image(path))
+    assert loaded[0, 0, 0] > 200 and loaded[0, 0, 2] < 50
+    assert "moving.gif is animated (2 frames): editing its first frame" in caplog.text
+
+
 def test_exif_orientation_is_honoured(tmp_path):
     image = PIL.Image.new("RGB", (128, 64), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 16, 16))  # a white corner at the top left

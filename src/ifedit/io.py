@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
 import reprlib
@@ -20,6 +21,8 @@ import PIL.ImageOps
 
 from .errors import InvalidInputError, SetupError
 from .redact import redact_data
+
+logger = logging.getLogger("ifedit")
 
 MIN_SIDE = 64
 MAX_PIXELS = 40_000_000
@@ -69,6 +72,8 @@ def load_image(path: str | os.PathLike, *, max_bytes: int | None = None, name: s
                 # Check the declared size before decoding, so a huge file is refused without loading it.
                 _check_size(image.size, shown)
                 image.load()
+                if getattr(image, "n_frames", 1) > 1:
+                    logger.warning("%s is animated (%d frames): editing its first frame", shown, image.n_frames)
                 return to_rgb(PIL.ImageOps.exif_transpose(image))
     except PIL.Image.DecompressionBombError:
         # Pillow refuses to even open images past twice its own pixel limit (a few KB can declare gigapixels).
@@ -106,6 +111,9 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit and 32-bit grayscale: scale to 8 bits instead of clipping at 255.
         image = image.point(lambda value: value / 256).convert("L")
+    elif image.mode == "F" and image.getextrema()[1] <= 1.0:
+        # Floating-point grayscale in [0, 1] (scientific TIFFs): scaled up, where converting would make it black.
+        image = image.point(lambda value: value * 255).convert("L")
     return image.convert("RGB")
 
 
