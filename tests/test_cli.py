@@ -356,3 +356,13 @@ def test_the_memory_plan_is_sized_for_the_photos_clip(tmp_path):
     planned = record["memory_plan"]["planned_clip"]
     assert (planned["height"], planned["width"]) == (record["settings"]["height"], record["settings"]["width"])
     assert (planned["height"], planned["width"]) == (64, 64)
+
+
+def test_a_photo_too_narrow_for_the_model_is_refused_before_any_model_loads(tmp_path, capsys):
+    narrow = tmp_path / "strip.png"
+    PIL.Image.new("RGB", (64, 4000), (30, 90, 200)).save(narrow)
+    code = main(["edit", str(narrow), "the square slides right", "-o", str(tmp_path / "o.png"), "--model", "toyworld",
+                 "--prompt-enhancer", "local", "--vlm", "ifedit-test/absent-vlm", "--strict-prompt"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "(64x4000 px) is too narrow for this model" in err
+    assert "VLM" not in err  # refused before the prompt stage would have loaded (and failed on) a VLM

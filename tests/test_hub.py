@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import huggingface_hub
 import pytest
@@ -59,7 +60,12 @@ def test_a_listening_hub_a_proxy_and_a_folder_keep_downloads_on(unreachable_hub,
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", unreachable_hub)
     monkeypatch.setattr(hub, "_probed", {})
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")  # reached through a proxy: not judged here
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
     assert hub.unreachable() is None
+    monkeypatch.setattr(hub, "_probed", {})
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # ...unless the Hub's host is reached directly all the same
+    assert hub.unreachable() is not None
     assert not hub.cache_only(str(tmp_path)) and hub.cache_only(str(tmp_path), local_files_only=True)
 
 
@@ -113,3 +119,12 @@ def test_a_model_in_the_download_cache_edits_without_the_hub(tmp_path, tiny_dirs
 def test_importing_the_pipeline_says_nothing_about_torchvision():
     done = subprocess.run([sys.executable, "-c", "import ifedit.pipeline"], capture_output=True, text=True)
     assert done.returncode == 0 and "torchvision" not in done.stderr
+
+
+def test_a_probe_that_gets_no_answer_gives_up_on_time(unreachable_hub, monkeypatch):
+    """A firewall that drops packets, or a name lookup that hangs: the probe has one deadline for all of it."""
+    monkeypatch.setattr(hub, "PROBE_SECONDS", 0.2)
+    monkeypatch.setattr(hub.socket, "create_connection", lambda *args, **kwargs: time.sleep(3))
+    started = time.monotonic()
+    assert hub.unreachable() == "127.0.0.1: no answer within 0.2 s"
+    assert time.monotonic() - started < 2

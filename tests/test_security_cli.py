@@ -485,6 +485,7 @@ def test_names_too_long_and_frame_folders_that_are_not_folders_are_one_line_befo
         ([str(source), "-o", str(tmp_path / "file" / "o.png")], "output folder is not a folder"),
         ([str(source), "-o", out, "--save-frames", str(tmp_path / "nowhere")], "is a link to nothing"),
         ([str(source), "-o", out, "--save-frames", str(tmp_path / "file")], "file is a file; name a folder"),
+        ([str(source), "-o", out, "--save-frames", str(tmp_path / ("f" * 240))], "output name is too long: 240 bytes"),
     ]
     for arguments, message in cases:
         code, printed = _run(capsys, "edit", arguments[0], "melt", *arguments[1:], *model)

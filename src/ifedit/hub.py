@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import urllib.request
 from urllib.parse import urlsplit
 
 from huggingface_hub import constants, try_to_load_from_cache
 
 logger = logging.getLogger("ifedit")
 
-PROBE_SECONDS = 3.0
+PROBE_SECONDS = 3.0  # for the whole probe, the name's lookup included
 # With a proxy the Hub is reached through it, which a direct connection attempt cannot judge.
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _probed: dict[str, str | None] = {}  # endpoint -> why it cannot be reached, or None
@@ -28,7 +30,7 @@ def unreachable() -> str | None:
     PROBE_SECONDS), or None when it answers or when a proxy is set; asked once per endpoint and process."""
     endpoint = constants.ENDPOINT
     if endpoint not in _probed:
-        _probed[endpoint] = None if any(os.environ.get(name) for name in PROXY_VARIABLES) else _probe(endpoint)
+        _probed[endpoint] = None if _proxied(endpoint) else _probe(endpoint)
         if _probed[endpoint]:
             logger.info(
                 "the Hugging Face Hub cannot be reached (%s): using downloaded weights only", _probed[endpoint]
@@ -63,13 +65,34 @@ def is_downloaded(model_id: str, file: str = "config.json") -> bool:
         return False
 
 
+def _proxied(endpoint: str) -> bool:
+    """Whether requests to `endpoint` go through a proxy: from the environment, or the system's settings (macOS,
+    Windows), as the Hub's HTTP client finds them."""
+    host = urlsplit(endpoint).hostname or ""
+    proxies = urllib.request.getproxies()
+    return bool(any(os.environ.get(name) for name in PROXY_VARIABLES) or proxies) and not (
+        host and urllib.request.proxy_bypass(host)
+    )
+
+
 def _probe(endpoint: str) -> str | None:
+    """One connection attempt to the endpoint's host and port, the lookup of its name included, given
+    PROBE_SECONDS in all (a firewall that drops packets, or a lookup that hangs, answers nothing)."""
     parts = urlsplit(endpoint)
     host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     if not host:
         return None
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_SECONDS):
-            return None
-    except OSError as error:
-        return f"{host}: {error.strerror or error or type(error).__name__}"
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=PROBE_SECONDS):
+                outcome.append(None)
+        except OSError as error:
+            outcome.append(f"{host}: {error.strerror or error or type(error).__name__}")
+
+    # A daemon thread: a lookup still hanging when the answer is due must not keep the process from exiting.
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    return outcome[0] if outcome else f"{host}: no answer within {PROBE_SECONDS:g} s"

@@ -137,7 +137,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[
         if not path.parent.is_dir():
             what = "is not a folder" if path.parent.exists() else "does not exist"
             raise InvalidInputError(f"output folder {what}: {path.parent}")
-        _check_name_fits(path)
+        check_name_fits(path)
         if path.is_dir():
             raise InvalidInputError(f"output {path} is a folder; name a file")
         if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link is there too
@@ -154,18 +154,19 @@ TEMPORARY_NAME_EXTRA = 22
 LONGEST_SUFFIX = 5
 
 
-def _check_name_fits(path: Path) -> None:
-    """Refuse an output name whose record's temporary copy would be longer than the file system allows, before the
-    work that the failed write would lose."""
+def check_name_fits(path: Path, folder: bool = False) -> None:
+    """Refuse an output name whose temporary copy (for a file, its record's) would be longer than the file system
+    allows, before the work that the failed write would lose."""
     try:
         limit = os.pathconf(path.parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    most = limit - TEMPORARY_NAME_EXTRA - 2 * LONGEST_SUFFIX
-    if len(os.fsencode(path.stem)) > most:
+    name = path.name if folder else path.stem
+    most = limit - TEMPORARY_NAME_EXTRA - (0 if folder else 2 * LONGEST_SUFFIX)
+    if len(os.fsencode(name)) > most:
         raise InvalidInputError(
-            f"output name is too long: {len(os.fsencode(path.stem))} bytes before its suffix (at most {most} here, "
-            f"so that the temporary copies it is written through fit the file system's {limit})"
+            f"output name is too long: {len(os.fsencode(name))} bytes{'' if folder else ' before its suffix'} (at "
+            f"most {most} here, so that the temporary copies it is written through fit the file system's {limit})"
         )
 
 

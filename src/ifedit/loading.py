@@ -51,6 +51,7 @@ from .memory import (
 )
 from .pipeline import IFEditPipeline
 from .presets import LoraWeights, Preset, has_component
+from .sizes import fit_size
 from .speed import check_fp8_compute, check_vae_dtype, fp8_compute, resolve_attention_backend, set_vae
 from .tiny import tiny_components
 
@@ -165,6 +166,16 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
     _check_experts(options, expert_files(preset, options))
     local_loras(preset, offline=_offline(preset, options))  # a missing LoRA stops here, before anything loads
     return device, dtype
+
+
+def check_photo_fits(preset: Preset, image_size: tuple[int, int], settings) -> None:
+    """Refuse a photo too narrow for the model's area (`sizes.fit_size`) before any model, a prompt VLM's or the
+    video model's, is loaded; the pipeline would refuse it only when called. Sides given are the user's choice."""
+    if settings.height is not None or settings.width is not None:
+        return
+    size = model_size(preset)
+    if size is not None:
+        fit_size(image_size, None, None, settings.max_area, size.size_multiple)
 
 
 def _cache_when_offline(preset: Preset, options: LoadOptions) -> LoadOptions:

@@ -79,8 +79,8 @@ def _check_short_side(fitted: tuple[int, int], image_size: tuple[int, int], mult
         width, height = image_size
         raise InvalidInputError(
             f"the image's shape ({width}x{height} px) is too narrow for this model: at its area the clip would be "
-            f"{fitted[1]}x{fitted[0]} px, and each side must be at least {least} px; crop the image, or give "
-            "--height and --width"
+            f"{fitted[1]}x{fitted[0]} px, and each side must be at least {least} px; crop the image, or give the "
+            "clip's height and width"
         )
 
 

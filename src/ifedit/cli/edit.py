@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError, SetupError
 from ..extras import install_command
-from ..io import check_output_path, check_writable, load_image
+from ..io import check_name_fits, check_output_path, check_writable, load_image
 from ..presets import resolve_model
 from .options import (
     add_model_and_sampling_arguments,
@@ -71,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from ..editor import Editor, final_frame
     from ..io import save_image, save_json, staged_outputs
-    from ..loading import check_placement
+    from ..loading import check_photo_fits, check_placement
 
     options = dataclasses.replace(load_options(args), plan_image_size=image.size)  # the plan sizes this photo's clip
     check_placement(preset, options)
+    check_photo_fits(preset, image.size, settings)
     # The prompt stage runs first: a local VLM is loaded, used and released before the video model loads.
     if args.prompt is not None:
         prompt, provenance = args.prompt.strip(), {"backend": "given"}
@@ -140,6 +141,7 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
             raise InvalidInputError(f"folder for --save-frames does not exist: {folder.parent}")
         if any(folder.absolute() == path.absolute() for path in paths.values()):
             raise InvalidInputError(f"--save-frames {folder} is also the name of an output file; choose another")
+        check_name_fits(folder, folder=True)
         if folder.is_symlink() and not folder.exists():
             raise InvalidInputError(f"--save-frames {folder} is a link to nothing; name a folder")
         if folder.exists() and not folder.is_dir():

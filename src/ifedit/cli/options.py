@@ -401,7 +401,7 @@ def with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
     """Apply --no-lora / --lora-* to the preset's LoRA list."""
     if args.no_lora:
         named = {"--lora-high": args.lora_high, "--lora-low": args.lora_low, "--lora-source": args.lora_source,
-                 "--lora-scale": args.lora_scale}  # fmt: skip
+                 "--lora-subfolder": args.lora_subfolder, "--lora-scale": args.lora_scale}  # fmt: skip
         given = [flag for flag, value in named.items() if value is not None]
         if given:
             raise InvalidInputError(f"--no-lora and {given[0]} contradict each other: drop one")

@@ -235,8 +235,8 @@ class Service:
 
     # Requests.
 
-    async def read_request(self, request: Request) -> EditRequest:
-        """The multipart form as an EditRequest with its image decoded and checked."""
+    async def receive_form(self, request: Request):
+        """The request's multipart form, received within READ_SECONDS (the caller closes it)."""
         kind = request.headers.get("content-type", "")
         if kind.partition(";")[0].strip().lower() != "multipart/form-data":
             raise ApiError(
@@ -246,6 +246,7 @@ class Service:
                 "invalid_form",
             )
         if self.reading >= MAX_READING:
+            self.metrics.rejected.inc()
             message = f"the server is receiving {MAX_READING} uploads already; try again later"
             raise ApiError(429, message, "too_many_uploads", retry_after=1)
         self.reading += 1
@@ -260,29 +261,30 @@ class Service:
             raise ApiError(400, f"the body is not a valid multipart form: {error.message}", "invalid_form") from None
         finally:
             self.reading -= 1
-        try:
-            images, fields = [], {}
-            for name, value in form.multi_items():
-                if name == "mask":
-                    message = "mask is not supported: IF-Edit changes the whole image as the prompt says"
-                    raise ApiError(400, message, "unsupported_field", name)
-                if isinstance(value, UploadFile) != (name in IMAGE_FIELDS):
-                    kind = "a file upload" if name in IMAGE_FIELDS else "text, not a file"
-                    raise ApiError(400, f"{name} must be {kind}", "invalid_field", name)
-                if isinstance(value, UploadFile):
-                    images.append(value)
-                elif name in fields:
-                    raise ApiError(400, f"field {name} is given twice", "invalid_field", name)
-                else:
-                    fields[name] = value
-            if len(images) != 1:
-                message = f"one image per request, got {len(images)}" if images else "image is required (a file)"
-                raise ApiError(400, message, "invalid_image", "image")
-            edit = parse_form(fields, self.config.preset, self.config.defaults, self.config.model)
-            image, source = await asyncio.to_thread(self._load_upload, images[0])
-            return dataclasses.replace(edit, image=image, source=source)
-        finally:
-            await form.close()
+        return form
+
+    async def read_request(self, form) -> EditRequest:
+        """A received form as an EditRequest with its image decoded and checked."""
+        images, fields = [], {}
+        for name, value in form.multi_items():
+            if name == "mask":
+                message = "mask is not supported: IF-Edit changes the whole image as the prompt says"
+                raise ApiError(400, message, "unsupported_field", name)
+            if isinstance(value, UploadFile) != (name in IMAGE_FIELDS):
+                kind = "a file upload" if name in IMAGE_FIELDS else "text, not a file"
+                raise ApiError(400, f"{name} must be {kind}", "invalid_field", name)
+            if isinstance(value, UploadFile):
+                images.append(value)
+            elif name in fields:
+                raise ApiError(400, f"field {name} is given twice", "invalid_field", name)
+            else:
+                fields[name] = value
+        if len(images) != 1:
+            message = f"one image per request, got {len(images)}" if images else "image is required (a file)"
+            raise ApiError(400, message, "invalid_image", "image")
+        edit = parse_form(fields, self.config.preset, self.config.defaults, self.config.model)
+        image, source = await asyncio.to_thread(self._load_upload, images[0])
+        return dataclasses.replace(edit, image=image, source=source)
 
     def _load_upload(self, upload: UploadFile) -> tuple[PIL.Image.Image, str]:
         """Decode an upload through io.load_image (size, pixel count and format checks) from a file named here."""
@@ -564,11 +566,20 @@ def _refused_without_key(reason: str) -> JSONResponse:
 
 
 async def _admitted_job(service: Service, request: Request) -> Job:
-    """A full server refuses without reading the upload; otherwise the request is read (within READ_SECONDS),
-    then admitted and started: a place in the queue is taken only once the body is in."""
+    """A full server refuses without reading the upload; otherwise the body is received (within READ_SECONDS)
+    holding no place in the queue, so that slow uploads never keep edits waiting, and the place is taken before
+    the image is decoded, so that no more images are decoded at once than the queue holds."""
     service.check_room()
-    edit = await service.read_request(request)
-    service.admit()
+    form = await service.receive_form(request)
+    try:
+        service.admit()
+        try:
+            edit = await service.read_request(form)
+        except BaseException:
+            service.admission.release()
+            raise
+    finally:
+        await form.close()
     return service.start_job(edit, request)
 
 

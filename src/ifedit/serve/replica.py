@@ -177,17 +177,23 @@ class EditReplica:
 
 
 def served_record(record: dict[str, Any]) -> dict[str, Any]:
-    """An edit's record as a client may see it: keys masked, the server's files named by their base names only,
-    and the machine's free memory left out (clients learn how the edit was made, not how the server is laid out)."""
-    return redact_data(_without_host(record))
+    """An edit's record as a client may see it: keys masked, the server's model files (its folder, LoRA and
+    expert files) named by their base names only, and the machine's free memory left out: clients learn how the
+    edit was made, not how the server is laid out."""
+    served = dict(record)
+    if "model" in served:
+        served["model"] = _base_names(served["model"])
+    if isinstance(served.get("memory_plan"), dict):
+        served["memory_plan"] = {key: value for key, value in served["memory_plan"].items() if key not in HOST_STATE}
+    return redact_data(served)
 
 
-def _without_host(value: Any) -> Any:
+def _base_names(value: Any) -> Any:
     if isinstance(value, dict):
-        return {key: _without_host(item) for key, item in value.items() if key not in HOST_STATE}
+        return {key: _base_names(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_host(item) for item in value]
-    if isinstance(value, str) and os.path.isabs(value) and os.path.exists(value):
+        return [_base_names(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(os.path.expanduser(value)):
         return os.path.basename(value.rstrip(os.sep)) or value
     return value
 
