@@ -186,7 +186,8 @@ def stalling_vlm():
 def servers(tmp_path_factory, stalling_vlm):
     """Two `ifedit ui` processes, started together to share the wait: one whose prompts come from the stalling
     VLM server, and one to stop with SIGTERM."""
-    options = ["--prompt-enhancer", "api", "--vlm-base-url", stalling_vlm.url, "--vlm-api-model", "stuck"]
+    options = ["--prompt-enhancer", "api", "--vlm-base-url", stalling_vlm.url, "--vlm-api-model", "stuck",
+               "--allow-host", "Notebook.Example.org"]  # fmt: skip
     started = {
         "main": launch(tmp_path_factory.mktemp("ui"), *options, "--vlm-timeout", str(STALL_S)),
         "stopped": launch(tmp_path_factory.mktemp("stopped")),
@@ -314,6 +315,9 @@ def test_uploads_and_examples_are_read(server, photo):
         ({"Origin": "null"}, False),
         ({"Host": "localhost"}, True),
         ({}, True),
+        # The public name of a proxy on this machine, given with --allow-host (JupyterHub, code-server).
+        ({"Host": "notebook.example.org:443", "Origin": "https://notebook.example.org"}, True),
+        ({"Host": "notebook.example.org.attacker.example"}, False),
     ],
 )
 def test_the_page_answers_only_this_machines_names_and_pages(server, headers, allowed):

@@ -24,33 +24,40 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def loopback_authority(authority: str) -> bool:
-    """Whether a Host header (`name[:port]`, `[v6][:port]`) names this machine by a loopback name or address."""
+def loopback_authority(authority: str, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a Host header (`name[:port]`, `[v6][:port]`) names this machine by a loopback name or address, or
+    by one of the `allowed` names."""
     try:
         host = urlsplit(f"//{authority}").hostname
     except ValueError:  # a malformed bracket or port
         return False
-    return host is not None and is_loopback(host)
+    return host is not None and (is_loopback(host) or host in _lower(allowed))
 
 
-def loopback_origin(origin: str) -> bool:
-    """Whether an Origin header is a page served from this machine (`null`, a sandboxed page's, is not)."""
+def loopback_origin(origin: str, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether an Origin header is a page served from this machine (`null`, a sandboxed page's, is not), or from
+    one of the `allowed` names."""
     try:
         parts = urlsplit(origin)
         host = parts.hostname
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and host is not None and is_loopback(host)
+    return parts.scheme in ("http", "https") and host is not None and (is_loopback(host) or host in _lower(allowed))
 
 
-def refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """Why a request with these headers is not one of this machine's own (its Host, or its Origin), or None."""
+def _lower(names: tuple[str, ...]) -> set[str]:
+    return {name.lower() for name in names}
+
+
+def refusal(headers: list[tuple[bytes, bytes]], allowed: tuple[str, ...] = ()) -> str | None:
+    """Why a request with these headers is not one of this machine's own (its Host, or its Origin), or None;
+    `allowed` names count as this machine's (a proxy on it that forwards to the server under its public name)."""
     named = dict(headers)
     host = named.get(b"host", b"").decode("latin-1")
     origin = named.get(b"origin")
-    if not loopback_authority(host):
+    if not loopback_authority(host, allowed):
         return f"addressed to {host[:100]!r}"
-    if origin is not None and not loopback_origin(origin.decode("latin-1")):
+    if origin is not None and not loopback_origin(origin.decode("latin-1"), allowed):
         return f"sent by a page of {origin.decode('latin-1')[:100]!r}"
     return None
 
@@ -59,11 +66,11 @@ class LoopbackOnly:
     """ASGI middleware: requests that `refusal` finds are answered by `respond(reason)` (an ASGI response) and never
     reach the app; a refused WebSocket is closed."""
 
-    def __init__(self, app, respond: Callable[[str], Callable]):
-        self.app, self.respond = app, respond
+    def __init__(self, app, respond: Callable[[str], Callable], allowed: tuple[str, ...] = ()):
+        self.app, self.respond, self.allowed = app, respond, allowed
 
     async def __call__(self, scope, receive, send):
-        reason = refusal(scope["headers"]) if scope["type"] in ("http", "websocket") else None
+        reason = refusal(scope["headers"], self.allowed) if scope["type"] in ("http", "websocket") else None
         if reason is None:
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":

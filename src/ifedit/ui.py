@@ -612,9 +612,10 @@ def build_page(app: EditorApp) -> gr.Blocks:
     return page
 
 
-def serve(app: EditorApp, host: str, port: int, share: bool) -> None:
+def serve(app: EditorApp, host: str, port: int, share: bool, allowed_hosts: tuple[str, ...] = ()) -> None:
     """Serve the page until interrupted: one edit at a time (one model, one device), the rest queued in view; then
-    delete what the app wrote and Gradio's copies of this page's uploads and results."""
+    delete what the app wrote and Gradio's copies of this page's uploads and results. On loopback the page answers
+    only this machine's names and pages, and `allowed_hosts` (a proxy's public name)."""
     from starlette.middleware import Middleware
 
     page = build_page(app)
@@ -634,7 +635,9 @@ def serve(app: EditorApp, host: str, port: int, share: bool) -> None:
             show_error=False,
             quiet=True,
             # On this machine alone, the page answers only this machine's names and pages (`hosts.LoopbackOnly`).
-            app_kwargs={"middleware": [Middleware(LoopbackOnly, respond=_refused_page)]} if local else None,
+            app_kwargs={"middleware": [Middleware(LoopbackOnly, respond=_refused_page, allowed=allowed_hosts)]}
+            if local
+            else None,
         )
     finally:
         app.close()
@@ -643,5 +646,8 @@ def serve(app: EditorApp, host: str, port: int, share: bool) -> None:
 def _refused_page(reason: str):
     from starlette.responses import PlainTextResponse
 
-    message = f"this page answers only this machine's own pages and names; this request was {reason}"
+    message = (
+        f"this page answers only this machine's own pages and names; this request was {reason} (a proxy's name: "
+        "ifedit ui --allow-host NAME)"
+    )
     return PlainTextResponse(safe_text(message), status_code=403)

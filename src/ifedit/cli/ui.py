@@ -34,6 +34,14 @@ def register(commands) -> None:
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")
     ui.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
     ui.add_argument("--share", action="store_true", help="also publish the page through a temporary gradio.live link")
+    ui.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the page also answers under, and whose pages may use it, besides localhost: the public "
+        "name of a proxy on this machine that forwards to it (JupyterHub's, code-server's); repeatable",
+    )
     add_model_arguments(ui)
     add_prompt_arguments(ui)
     ui.set_defaults(func=run)
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     app = EditorApp(editor, lambda image, text: enhance(args, image, text, device=device), prompt_on_device=on_device)
     logger.info("model loaded in %.1f s; serving on http://%s:%d", editor.load_seconds, args.host, args.port)
     try:
-        serve(app, args.host, args.port, args.share)
+        serve(app, args.host, args.port, args.share, allowed_hosts=tuple(args.allow_host))
     except OSError as error:
         raise SetupError(f"cannot serve on {args.host}:{args.port}: {error}") from None
     return 0
