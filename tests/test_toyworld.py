@@ -297,6 +297,14 @@ def test_demo_without_weights_says_how_to_get_them(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "demo.png").exists()
 
 
+def test_demo_of_a_model_that_is_no_toy_world_is_refused_in_one_line(tmp_path, tiny_dirs, capsys):
+    for model in ("paper", tiny_dirs["a14b"]):
+        assert main(["demo", "-o", str(tmp_path / "demo.png"), "--model", model]) == 2
+        err = capsys.readouterr().err
+        assert "ifedit demo runs a toy world model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "demo.png").exists()
+
+
 DECODER_PARTS = ("decoder.", "post_quant_conv.")
 
 

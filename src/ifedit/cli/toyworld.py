@@ -108,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, args.overwrite)
     preset = resolve_model(args.model)
+    if preset.name != "toyworld":  # its scenes mean nothing to another model, and its CPU run suits no other
+        raise InvalidInputError(
+            f"ifedit demo runs a toy world model: the installed one (toyworld) or a folder `ifedit toyworld train` "
+            f"wrote; {args.model} is not one (`ifedit edit --model {args.model}` edits your own photos)"
+        )
     quiet_libraries()
     from ..toyworld.demo import run_demo
 
