@@ -66,6 +66,9 @@ def test_resolve_model(tmp_path, tiny_dirs):
         resolve_model(str(tmp_path))
     with pytest.raises(InvalidInputError, match="unknown model 'wan'.*give a preset"):
         resolve_model("wan")
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="is a file, not a pipeline folder"):  # not a Hub id to download
+        resolve_model(str(tmp_path / "weights.safetensors"))
     with pytest.raises(InvalidInputError, match="unknown preset 'fast'; choose one of paper"):
         get_preset("fast")
 

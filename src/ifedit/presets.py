@@ -274,6 +274,11 @@ def resolve_model(model: str) -> Preset:
         if has_a14b_i2v_layout(path):
             return local_paper_preset(str(path))
         return custom_preset(str(path))
+    if Path(model).expanduser().exists():
+        raise InvalidInputError(
+            f"model {model} is a file, not a pipeline folder: give the folder holding model_index.json (a single "
+            "expert file goes to --transformer / --transformer-2)"
+        )
     if model.count("/") == 1 and not model.startswith((".", "/")):
         return preset_for_model_id(model) or custom_preset(model)
     raise InvalidInputError(
