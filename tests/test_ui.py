@@ -223,11 +223,13 @@ def test_a_prompt_writer_on_the_models_device_takes_turns_with_edits_and_no_othe
 
 def test_ui_loads_the_model_as_edit_does(tiny_dirs, monkeypatch):
     served = []
-    monkeypatch.setattr(ui, "serve", lambda app, host, port, share: served.append(app))
+    monkeypatch.setattr(ui, "serve", lambda app, host, port, share, allowed_hosts: served.append((app, allowed_hosts)))
     argv = ["ui", "--model", tiny_dirs["a14b"], "--no-lora", "--device", "cpu", "--dtype", "float32", "--vae-tiling",
-            "--first-block-cache", "0.05", "--prompt-enhancer", "template"]  # fmt: skip
+            "--first-block-cache", "0.05", "--prompt-enhancer", "template",
+            "--allow-host", "lab.example.org"]  # fmt: skip
     assert main(argv) == 0
-    [app] = served
+    [(app, allowed)] = served
+    assert allowed == ("lab.example.org",)
     expected = LoadOptions(device="cpu", dtype="float32", vae_tiling=True, first_block_cache=0.05)
     assert app.editor.options == expected and app.editor.pipe.transformer.is_cache_enabled
 
