@@ -15,6 +15,7 @@ import pytest
 from ifedit import hub
 from ifedit.cli import EXIT_SETUP, main
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 # Runs that would retry the Hub take minutes: these bound a run that does not.
 RUN_SECONDS = 120
 
@@ -32,7 +33,7 @@ def unreachable_hub(monkeypatch, closed_port, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "_probed", {})
-    for name in hub.PROXY_VARIABLES:
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return f"http://127.0.0.1:{closed_port}"
 
@@ -89,7 +90,7 @@ def test_offline_covers_the_local_vlm_too(tmp_path, source, monkeypatch, capsys)
 
 def _run(*args: str, hub_url: str, cache) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_HUB_CACHE": str(cache)}
-    for name in hub.PROXY_VARIABLES:
+    for name in PROXY_VARIABLES:
         env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "ifedit", *args], env=env, capture_output=True, text=True,
                           timeout=RUN_SECONDS)  # fmt: skip
@@ -124,7 +125,12 @@ def test_importing_the_pipeline_says_nothing_about_torchvision():
 def test_a_probe_that_gets_no_answer_gives_up_on_time(unreachable_hub, monkeypatch):
     """A firewall that drops packets, or a name lookup that hangs: the probe has one deadline for all of it."""
     monkeypatch.setattr(hub, "PROBE_SECONDS", 0.2)
-    monkeypatch.setattr(hub.socket, "create_connection", lambda *args, **kwargs: time.sleep(3))
+
+    def hangs(*args, **kwargs):
+        time.sleep(3)
+        raise TimeoutError  # what the attempt meets in the end, long after the probe gave up
+
+    monkeypatch.setattr(hub.socket, "create_connection", hangs)
     started = time.monotonic()
     assert hub.unreachable() == "127.0.0.1: no answer within 0.2 s"
     assert time.monotonic() - started < 2

@@ -20,8 +20,6 @@ from huggingface_hub import constants, try_to_load_from_cache
 logger = logging.getLogger("ifedit")
 
 PROBE_SECONDS = 3.0  # for the whole probe, the name's lookup included
-# With a proxy the Hub is reached through it, which a direct connection attempt cannot judge.
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _probed: dict[str, str | None] = {}  # endpoint -> why it cannot be reached, or None
 
 
@@ -66,13 +64,12 @@ def is_downloaded(model_id: str, file: str = "config.json") -> bool:
 
 
 def _proxied(endpoint: str) -> bool:
-    """Whether requests to `endpoint` go through a proxy: from the environment, or the system's settings (macOS,
-    Windows), as the Hub's HTTP client finds them."""
+    """Whether requests to `endpoint` go through a proxy (which a direct connection attempt cannot judge): one set
+    in the environment or the system's settings (macOS, Windows), as the Hub's HTTP client finds them, and not
+    bypassed for its host. `no_proxy` alone names no proxy."""
     host = urlsplit(endpoint).hostname or ""
-    proxies = urllib.request.getproxies()
-    return bool(any(os.environ.get(name) for name in PROXY_VARIABLES) or proxies) and not (
-        host and urllib.request.proxy_bypass(host)
-    )
+    proxies = [scheme for scheme in urllib.request.getproxies() if scheme != "no"]
+    return bool(proxies) and not (host and urllib.request.proxy_bypass(host))
 
 
 def _probe(endpoint: str) -> str | None:
