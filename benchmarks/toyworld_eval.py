@@ -98,7 +98,7 @@ def evaluate(editor: Editor, cases: list, overrides: dict | None, wording: str) 
         elif overrides is ROUND_TRIP:
             clip = render_clip(case)
             start = time.perf_counter()
-            output = vae_round_trips(editor, clip[None])[0]
+            output = vae_round_trips(editor.pipe.vae, clip[None])[0]
             results.append(measure(case, output, time.perf_counter() - start, clip=clip))
         elif overrides is REFINED_TARGET:
             results.append(refined_target(editor, case, edit_settings(editor.preset, refine=True), seed=index))

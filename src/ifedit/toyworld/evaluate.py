@@ -118,11 +118,10 @@ def refined_target(editor: Editor, case: Case, settings: EditSettings, seed: int
 
 
 @torch.no_grad()
-def vae_round_trips(editor: Editor, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """The last frame of each clip in `clips` (N, T, H, W, 3), encoded and decoded with the rest of its clip by the
-    model's VAE, as uint8 (N, H, W, 3). The clips go through the VAE `batch_size` at a time: on a CPU a batch of
-    eight costs about what two clips one at a time do."""
-    vae = editor.pipe.vae
+def vae_round_trips(vae, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """The last frame of each clip in `clips` (N, T, H, W, 3), encoded and decoded with the rest of its clip by `vae`
+    (a pipeline's, or one being trained), as uint8 (N, H, W, 3). The clips go through the VAE `batch_size` at a time:
+    on a CPU a batch of eight costs about what two clips one at a time do."""
     outputs = []
     for start in range(0, len(clips), batch_size):
         video = torch.from_numpy(clips[start : start + batch_size]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
@@ -188,7 +187,7 @@ def quality_runs(editor: Editor, settings: EditSettings) -> QualityRuns:
         swapped = [edit_scene(editor, case, settings, seed=index) for index, case in enumerate(cases[: len(EVENTS)])]
     clips = [render_clip(case) for case in cases]
     stills = np.stack([np.repeat(clip[:1], len(clip), axis=0) for clip in clips])
-    outputs = vae_round_trips(editor, stills)
+    outputs = vae_round_trips(editor.pipe.vae, stills)
     round_trips = [measure(case, output, clip=clip) for case, output, clip in zip(cases, outputs, clips, strict=True)]
     return QualityRuns(shipped, swapped, round_trips)
 
