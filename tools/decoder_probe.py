@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,9 +106,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--save", metavar="DIR", help="save the probed VAE here at the end")
     args = parser.parse_args()
-    if min(args.steps, args.every, args.scenes, args.width, args.memorise or 1) < 1:
+    counts = (args.steps, args.every, args.scenes, args.width, 1 if args.memorise is None else args.memorise)
+    if min(counts) < 1:
         parser.error("--steps, --every, --scenes, --width and --memorise must be at least 1")
-    lr = args.lr or (5e-4 if args.fresh else 1e-4)
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be above 0, got {args.lr}")
+    if args.save and Path(args.save).exists():
+        parser.error(f"--save: {args.save} exists; name a new folder")
+    lr = args.lr if args.lr is not None else (5e-4 if args.fresh else 1e-4)
 
     vae = probe_vae(args.fresh, args.width)
     rng = np.random.default_rng(args.seed)
