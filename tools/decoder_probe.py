@@ -21,6 +21,7 @@ weight of the pixel differences.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -30,11 +31,12 @@ from diffusers import AutoencoderKLWan
 
 from ifedit.presets import TOYWORLD_WEIGHTS
 from ifedit.toyworld.evaluate import measure, sharpness, vae_round_trips
+from ifedit.toyworld.run_folder import save_whole
 from ifedit.toyworld.scenes import EVAL_SEED_START, EVENTS, render_clip, sample_case
 from ifedit.toyworld.train import (
     DIT_SEED_START,
-    VAE_CLIP_FRAMES,
-    clips_tensor,
+    decoder_only,
+    decoder_step,
     edge_loss,
     edge_weight,
     frame_weight,
@@ -111,7 +113,7 @@ def main() -> None:
         parser.error("--steps, --every, --scenes, --width and --memorise must be at least 1")
     if args.lr is not None and not args.lr > 0:
         parser.error(f"--lr must be above 0, got {args.lr}")
-    if args.save and Path(args.save).exists():
+    if args.save and os.path.lexists(args.save):  # a link too, even one pointing nowhere
         parser.error(f"--save: {args.save} exists; name a new folder")
     lr = args.lr if args.lr is not None else (5e-4 if args.fresh else 1e-4)
 
@@ -123,11 +125,7 @@ def main() -> None:
     else:
         cases = [sample_case(EVAL_SEED_START + index, EVENTS[index % len(EVENTS)]) for index in range(args.scenes)]
     clips = np.stack([render_clip(case) for case in cases])
-    for parameter in vae.parameters():
-        parameter.requires_grad_(False)
-    trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    for parameter in trained:
-        parameter.requires_grad_(True)
+    trained = decoder_only(vae)
     print(f"decoder of {sum(p.numel() for p in vae.decoder.parameters()):,} parameters, loss {args.loss}, lr {lr}")
     target_sharpness = np.mean([sharpness(clip[-1]) for clip in clips])
     print(f"{len(clips)} clips; their last frames' sharpness {target_sharpness:.1f}")
@@ -146,26 +144,17 @@ def main() -> None:
     start = time.perf_counter()
     vae.train()
     for step in range(args.steps):
-        seeds = list(rng.choice(fixed, size=4)) if fixed else list(rng.integers(0, DIT_SEED_START, size=4))
-        seeds = [int(seed) for seed in seeds]
-        clips_now = clips_tensor(seeds, VAE_CLIP_FRAMES)
-        with torch.no_grad():
-            latents = vae.encode(clips_now).latent_dist.mode()
-        latents, clips_now = pipeline_view(latents, clips_now, rng, vae.config.scale_factor_temporal)
-        loss = loss_of(vae.decode(latents).sample, clips_now)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimizer.step()
+        drawn = rng.choice(fixed, size=4) if fixed else rng.integers(0, DIT_SEED_START, size=4)
+        seeds = [int(seed) for seed in drawn]
+        losses.append(decoder_step(vae, seeds, pipeline_view, loss_of, rng, optimizer, trained))
         schedule.step()
-        losses.append(loss.item())
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             seconds = (time.perf_counter() - start) / (step + 1)
             measured = round_trip(vae, cases, clips)
             print(f"{step + 1} | {np.mean(losses[-args.every :]):.4f} | {seconds:.2f} | " + "{:.3f} | {:.1f} | {:.2f}"
                   .format(*measured), flush=True)  # fmt: skip
     if args.save:
-        vae.eval().save_pretrained(args.save)
+        save_whole(vae.eval().save_pretrained, Path(args.save))  # a kill leaves no half-saved folder
         print(f"saved to {args.save}")
 
 

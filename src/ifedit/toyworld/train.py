@@ -131,11 +131,7 @@ def train_decoder(
     if stage not in DECODER_STAGES:
         raise ValueError(f"unknown decoder stage {stage!r}; choose one of {', '.join(DECODER_STAGES)}")
     spec = DECODER_STAGES[stage]
-    for parameter in vae.parameters():
-        parameter.requires_grad_(False)
-    trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    for parameter in trained:
-        parameter.requires_grad_(True)
+    trained = decoder_only(vae)
     steps, lr = getattr(config, spec.steps_field), getattr(config, spec.lr_field)
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
@@ -145,20 +141,44 @@ def train_decoder(
     vae.train()
     for step in range(steps):
         seeds = [int(seed) for seed in rng.integers(0, DIT_SEED_START, size=config.vae_batch)]
-        clips = clips_tensor(seeds, VAE_CLIP_FRAMES)
-        with torch.no_grad():
-            latents = vae.encode(clips).latent_dist.mode()
-        latents, clips = spec.view(latents, clips, rng, vae.config.scale_factor_temporal)
-        loss = spec.loss(vae.decode(latents).sample, clips)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimizer.step()
+        losses.append(decoder_step(vae, seeds, spec.view, spec.loss, rng, optimizer, trained))
         schedule.step()
-        losses.append(loss.item())
         _log_progress(log, stage, step, steps, losses, start, config.log_every)
     vae.eval()
     return losses
+
+
+def decoder_only(vae: AutoencoderKLWan) -> list[torch.nn.Parameter]:
+    """Freeze the VAE but its decoder (and the convolution before it); return the parameters left to train."""
+    for parameter in vae.parameters():
+        parameter.requires_grad_(False)
+    trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    return trained
+
+
+def decoder_step(
+    vae: AutoencoderKLWan,
+    seeds: list[int],
+    view: Callable,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    rng: np.random.Generator,
+    optimizer: torch.optim.Optimizer,
+    trained: list[torch.nn.Parameter],
+) -> float:
+    """One optimiser step of the decoder on the clips of `seeds`: encoded by the frozen encoder, cut to `view`
+    (`decoder_view`, `pipeline_view`), decoded and scored by `loss_of`. Returns the loss."""
+    clips = clips_tensor(seeds, VAE_CLIP_FRAMES)
+    with torch.no_grad():
+        latents = vae.encode(clips).latent_dist.mode()
+    latents, clips = view(latents, clips, rng, vae.config.scale_factor_temporal)
+    loss = loss_of(vae.decode(latents).sample, clips)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trained, 1.0)
+    optimizer.step()
+    return loss.item()
 
 
 def decoder_view(
