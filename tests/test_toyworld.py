@@ -352,6 +352,27 @@ def test_the_decoder_stages_leave_the_encoder_and_so_the_latents_alone(stage):
     assert any(not torch.equal(after[name], value) for name, value in decoder.items())
 
 
+@pytest.mark.parametrize("stage", list(DECODER_STAGES))
+def test_each_decoder_stage_decodes_its_own_view_and_learns_its_own_loss(stage, monkeypatch):
+    """A stage that trained on another stage's view (whole clips where the pipeline decodes windows) or loss would
+    leave every other test here passing: the real view and loss run, and say when they are called."""
+    spec, calls = DECODER_STAGES[stage], []
+
+    def recorded(name, function):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setitem(
+        DECODER_STAGES, stage, spec._replace(view=recorded("view", spec.view), loss=recorded("loss", spec.loss))
+    )
+    config = TrainConfig(decoder_steps=2, window_steps=2, edge_steps=2, polish_steps=2, vae_batch=1, log_every=1)
+    losses = train_decoder(build_vae(0), config, log=lambda message: None, stage=stage)
+    assert calls == ["view", "loss"] * 2 and len(losses) == 2
+
+
 def _views(view, draws: int) -> set[tuple[int, ...]]:
     """The latent frames `view` keeps over `draws` draws, each checked to be paired with the frames it stands for:
     latent frame j > 0 for frames 4j-3 .. 4j, and a window's first latent frame, decoded alone into one frame, for
