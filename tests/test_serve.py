@@ -25,6 +25,7 @@ from ifedit.errors import InvalidInputError
 from ifedit.loading import LoadOptions
 from ifedit.presets import get_preset
 from ifedit.serve import app as serve_app
+from ifedit.serve import connections
 from ifedit.serve.app import ServeConfig, Service, bind, serving
 from ifedit.serve.backends import LocalBackend
 from ifedit.serve.command import build_service, replica_counts
@@ -319,6 +320,69 @@ def test_slow_uploads_hold_no_place_and_are_dropped_after_the_read_deadline(serv
     assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer
 
 
+def _answer(connection: socket.socket, seconds: float = 10) -> bytes:
+    """What the server sends before it closes the connection (b"" for a connection closed unanswered)."""
+    connection.settimeout(seconds)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+def test_a_head_too_large_or_too_slow_is_cut_off_but_a_slow_body_gets_its_own_deadline(server, monkeypatch):
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    endless = socket.create_connection((host, int(port)))
+    endless.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: ")
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server may close while this still sends
+        for _ in range(64):
+            endless.sendall(b"a" * 4096)  # 256 KiB of one header, four times the limit
+    assert _answer(endless).startswith(b"HTTP/1.1 400")
+
+    monkeypatch.setattr(connections, "HEAD_SECONDS", 0.5)
+    silent = socket.create_connection((host, int(port)))
+    half = socket.create_connection((host, int(port)))
+    half.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line that ends the head
+    started = time.monotonic()
+    assert _answer(silent) == b"" and _answer(half) == b""
+    assert time.monotonic() - started < 5
+    # A head that arrives in time is answered, and its body's deadline (not the head's) then applies.
+    monkeypatch.setattr(serve_app, "READ_SECONDS", 2)
+    with _slow_upload(server) as connection:
+        assert _answer(connection).startswith(b"HTTP/1.1 408")
+    assert httpx.get(server + "/health").status_code == 200
+
+
+def test_one_client_holds_only_so_many_connections_and_uploads(server, scene, monkeypatch):
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    # The server holds two requests (one editing, one waiting): four connections a client, where the floor is less.
+    monkeypatch.setattr(connections, "MAX_CONNECTIONS_PER_CLIENT", 1)
+    idle = [socket.create_connection((host, int(port))) for _ in range(4)]
+    try:
+        surplus = socket.create_connection((host, int(port)))
+        assert _answer(surplus, seconds=5) == b""  # closed unread
+    finally:
+        for connection in idle:
+            connection.close()
+    monkeypatch.setattr(connections, "MAX_CONNECTIONS_PER_CLIENT", 64)
+
+    monkeypatch.setattr(serve_app, "MAX_READING_PER_CLIENT", 2)
+    stalled = [_slow_upload(server) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        refused = post_edit(server, scene)
+        assert refused.status_code == 429 and error_of(refused)["code"] == "too_many_uploads"
+        assert "from you" in error_of(refused)["message"]
+        # Another address on this machine (Linux routes all of 127/8 to loopback) still gets its edit.
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=120) as other:
+            files = {"image": ("scene.png", scene, "image/png")}
+            answer = other.post(server + "/v1/images/edits", files=files, data={"prompt": "slide the red square left"})
+        assert answer.status_code == 200, answer.text
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -388,6 +452,9 @@ def test_with_a_key_only_requests_that_send_it_get_in(scene):
         assert httpx.get(url + "/v1/models", headers=named).status_code == 200
         for response in (missing, wrong, posted):
             assert KEY[:-1] not in response.text
+        # A field named after the key: the error names the field, masked as everywhere else.
+        echoed = post_edit(url, scene, headers={"Authorization": f"Bearer {KEY}"}, **{KEY: "1"})
+        assert echoed.status_code == 400 and error_of(echoed)["param"] == "***" and KEY not in echoed.text
 
 
 def test_health_says_503_until_the_model_has_loaded_and_deadlines_give_504(scene):

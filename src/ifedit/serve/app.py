@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import hmac
 import logging
 import math
@@ -20,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -40,6 +42,7 @@ from ..io import MAX_UPLOAD_BYTES, load_image
 from ..presets import Preset
 from ..redact import safe_text
 from .command import KEY_VARIABLE
+from .connections import HEAD_BYTES, GuardedConnection
 from .files import ResultFiles
 from .form import EditRequest, parse_form
 from .metrics import CONTENT_TYPE, Metrics
@@ -58,6 +61,10 @@ DISCONNECT_POLL_SECONDS = 1.0  # how often a request waiting for its edit checks
 # has arrived a request holds no place in the queue, so slow uploads never keep edits waiting.
 READ_SECONDS = 60
 MAX_READING = 16  # requests whose bodies are arriving at once (uploads are spooled to disk); more get 429
+# Of those, from one client address: a client stalling its uploads cannot take every place (a proxy in front, whose
+# connections all come from one address, passes on each client's own with X-Forwarded-For; see uvicorn's
+# --forwarded-allow-ips).
+MAX_READING_PER_CLIENT = MAX_READING // 2
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 # Jobs end in one of these; "queued" and "running" before.
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -82,7 +89,8 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         kind = ERROR_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": safe_text(self.message), "type": kind, "param": self.param, "code": self.code}}
+        param = None if self.param is None else safe_text(self.param)  # a field's name may be anything a client sent
+        return {"error": {"message": safe_text(self.message), "type": kind, "param": param, "code": self.code}}
 
     def response(self) -> JSONResponse:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
@@ -148,7 +156,7 @@ class Service:
         )
         self.capacity = backend.max_replicas * (1 + config.queue_size)
         self.admission = threading.BoundedSemaphore(self.capacity)
-        self.reading = 0  # requests whose bodies are arriving
+        self.reading: Counter[str] = Counter()  # requests whose bodies are arriving, by client address
         # The private folder for uploads and results: made when the server starts (`open`), removed by `close`.
         self.workdir: Path | None = None
         self.jobs: dict[str, Job] = {}
@@ -245,11 +253,14 @@ class Service:
                 f"take them), got {kind[:100] or 'no content type'!r}",
                 "invalid_form",
             )
-        if self.reading >= MAX_READING:
-            self.metrics.rejected.inc()
-            message = f"the server is receiving {MAX_READING} uploads already; try again later"
-            raise ApiError(429, message, "too_many_uploads", retry_after=1)
-        self.reading += 1
+        client = request.client.host if request.client else ""
+        for reading, limit, whose in ((self.reading.total(), MAX_READING, ""),
+                                      (self.reading[client], MAX_READING_PER_CLIENT, "from you ")):  # fmt: skip
+            if reading >= limit:
+                self.metrics.rejected.inc()
+                message = f"the server is receiving {limit} uploads {whose}already; try again later"
+                raise ApiError(429, message, "too_many_uploads", retry_after=1)
+        self.reading[client] += 1
         try:
             form = await asyncio.wait_for(request.form(max_files=2, max_fields=len(IMAGE_FIELDS) + 64), READ_SECONDS)
         except asyncio.TimeoutError:
@@ -260,7 +271,9 @@ class Service:
         except MultiPartException as error:
             raise ApiError(400, f"the body is not a valid multipart form: {error.message}", "invalid_form") from None
         finally:
-            self.reading -= 1
+            self.reading[client] -= 1
+            if not self.reading[client]:
+                del self.reading[client]
         return form
 
     async def read_request(self, form) -> EditRequest:
@@ -632,6 +645,8 @@ def uvicorn_server(service: Service) -> StoppingServer:
     """A uvicorn server for `service` that stops by itself when the model cannot be loaded."""
     config = uvicorn.Config(
         build_app(service),
+        http=functools.partial(GuardedConnection, places=service.capacity),
+        h11_max_incomplete_event_size=HEAD_BYTES,
         log_config=None,
         access_log=False,  # result URLs are capabilities: they stay out of logs
         timeout_graceful_shutdown=GRACE_SECONDS,
