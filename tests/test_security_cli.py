@@ -195,6 +195,10 @@ def test_unwritable_output_folder_is_found_before_the_model_loads(tmp_path, sour
     frames = _run(capsys, "edit", str(source), "melt", "-o", str(tmp_path / "o.png"), "--model", broken_model,
                   "--save-frames", "/proc/self/frames")  # fmt: skip
     assert frames[0] == 2 and "cannot write into the output folder /proc/self" in frames[1]
+    # An existing frames folder is probed itself: /proc/self/fdinfo exists and takes no new file.
+    existing = _run(capsys, "edit", str(source), "melt", "-o", str(tmp_path / "o.png"), "--model", broken_model,
+                    "--save-frames", "/proc/self/fdinfo", "--overwrite")  # fmt: skip
+    assert existing[0] == 2 and "cannot write into the output folder /proc/self/fdinfo" in existing[1], existing
 
 
 def _limit_file_size():
@@ -215,6 +219,24 @@ def test_full_disk_leaves_neither_image_nor_record(tmp_path, source, tiny_dirs):
     lines = completed.stderr.strip().splitlines()
     assert "no output was kept" in lines[-1] and "Traceback" not in completed.stderr
     assert _files(out) == []
+
+
+def test_an_overwrite_that_fails_puts_the_previous_outputs_back(tmp_path, source, tiny_dirs, capsys):
+    out = tmp_path / "out"
+    frames = out / "frames"
+    frames.mkdir(parents=True)
+    previous = {out / "o.png": b"old image", out / "o.json": b"{}", frames / "edit_000.png": b"old frame"}
+    for path, content in previous.items():
+        path.write_bytes(content)
+    (frames / "edit_candidates.png").mkdir()  # a folder where the edit writes its candidate sheet: the move fails
+    code, printed = _run(capsys, "edit", str(source), "the square slides right", "-o", str(out / "o.png"), "--model",
+                         tiny_dirs["a14b"], *FAST, "--save-frames", str(frames), "--overwrite")  # fmt: skip
+    assert code == 1, printed
+    last = printed.strip().splitlines()[-1]
+    assert f"cannot write {frames / 'edit_candidates.png'}" in last and "previous outputs are kept" in last, printed
+    assert {path: path.read_bytes() for path in previous} == previous
+    assert sorted(path.name for path in frames.iterdir()) == ["edit_000.png", "edit_candidates.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["frames", "o.json", "o.png"]
 
 
 def test_interrupt_while_saving_frames_leaves_nothing(tmp_path, source, tiny_dirs, capsys, monkeypatch):

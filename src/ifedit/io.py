@@ -232,13 +232,15 @@ def staged_outputs(
     An edit writes an image, its record and maybe a clip and a folder of frames; an interruption, a full disk or
     any failure must leave none of them behind, and a record beside an image must mean the edit finished. Names in
     `folders` get a temporary folder whose files join the target folder (created if missing). Outputs are moved in
-    the order of `paths` (the record last); if one cannot be, those already moved are removed again. Without
-    `overwrite` an output that appeared meanwhile (another run writing the same name) is never replaced. A failure
-    is one line: SetupError naming the folder.
+    the order of `paths` (the record last); if one cannot be, those already moved are removed again and the files
+    they replaced (with `overwrite`) are put back, so a failure keeps the previous outputs. Without `overwrite` an
+    output that appeared meanwhile (another run writing the same name) is never replaced. A failure is one line:
+    SetupError naming the output.
     """
     staged: dict[str, Path] = {}
     placed: list[Path] = []
     created: list[Path] = []
+    replaced: list[tuple[Path, Path]] = []  # (the previous file, kept aside under a hidden name; its output name)
     try:
         for name, path in paths.items():
             suffix = "" if name in folders else path.suffix
@@ -258,24 +260,40 @@ def staged_outputs(
             else:
                 moves = [(temporary, paths[name])]
             for source, target in moves:
+                if overwrite and not target.is_dir() and (target.exists() or target.is_symlink()):
+                    previous = target.parent / f".{target.name}.{secrets.token_hex(8)}.old"
+                    os.replace(target, previous)
+                    replaced.append((previous, target))
                 _place(source, target, overwrite)
                 placed.append(target)
     except BaseException as error:
         for target in placed:
             target.unlink(missing_ok=True)
+        for previous, target in reversed(replaced):
+            with contextlib.suppress(OSError):
+                os.replace(previous, target)
         for folder in created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        kept = "the previous outputs are kept" if replaced else "no output was kept"
         if isinstance(error, FileExistsError):
             raise SetupError(
                 f"output exists: {error.filename} (written by another run meanwhile; pass --overwrite to replace "
-                "it); no output was kept"
+                f"it); {kept}"
             ) from None
         if isinstance(error, (OSError, UnicodeError)):
-            folder = next(iter(paths.values())).parent
+            # A move names the output it failed on second; a hidden name of ours stands for its folder.
+            where = Path(getattr(error, "filename2", None) or getattr(error, "filename", None) or "")
+            if not where.name:
+                place = f"the outputs in {next(iter(paths.values())).parent}"
+            else:
+                place = f"the outputs in {where.parent}" if where.name.startswith(".") else str(where)
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise SetupError(f"cannot write the outputs in {folder}: {reason}; no output was kept") from None
+            raise SetupError(f"cannot write {place}: {reason}; {kept}") from None
         raise
+    else:
+        for previous, _ in replaced:
+            previous.unlink(missing_ok=True)
     finally:
         for temporary in staged.values():
             if temporary.is_dir():

@@ -150,7 +150,7 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
             raise InvalidInputError(
                 f"--save-frames {folder} exists and is not empty (pass --overwrite to write into it)"
             )
-        check_writable(folder.parent)
+        check_writable(folder if folder.is_dir() else folder.parent)
         paths = {"frames": folder, **paths}
     _check_source_kept(Path(args.image), paths)
     return paths
