@@ -330,6 +330,35 @@ def test_expert_files_that_do_not_fit_the_model_are_one_line_errors(tmp_path, ti
         )
 
 
+def _safetensors_with_header(header: bytes, length: int | None = None) -> bytes:
+    return (len(header) if length is None else length).to_bytes(8, "little") + header
+
+
+def test_damaged_expert_files_are_one_line_errors(tmp_path, tiny_dirs):
+    tensor = '{"w": {"dtype": "F32", "shape": %s, "data_offsets": %s}}'
+    gguf_counts = b"GGUF" + (3).to_bytes(4, "little") + (2**62).to_bytes(8, "little") * 2  # v3, 2^62 tensors
+    damaged = {
+        "empty.safetensors": b"",
+        "huge_header.safetensors": _safetensors_with_header(b"{}", length=2**62),
+        "nested.safetensors": _safetensors_with_header(b"[" * 100_000 + b"]" * 100_000),
+        "huge_shape.safetensors": _safetensors_with_header(
+            (tensor % ("[1099511627776, 1099511627776]", "[0, 4]")).encode()
+        ),
+        "far_offset.safetensors": _safetensors_with_header(
+            (tensor % ("[1]", "[1152921504606846976, 1152921504606846980]")).encode()
+        ),
+        "counts.gguf": gguf_counts,
+        "truncated.gguf": gguf_counts[:10],
+    }
+    preset = resolve_model(tiny_dirs["a14b"]).with_loras(())
+    for name, content in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        kind = "GGUF" if name.endswith(".gguf") else "safetensors"
+        with pytest.raises(SetupError, match=f"^cannot read .*{name} as a {kind} file: ") as caught:
+            check_placement(preset, LoadOptions(device="cpu", transformer=str(tmp_path / name)))
+        assert "\n" not in str(caught.value), name
+
+
 def test_other_quantised_formats_are_refused_by_name(tmp_path, tiny_dirs, experts):
     file, _ = _float8_scaled(_state(experts["transformer"]), "weight_scale")
     file["blocks.0.self_attn.q.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)

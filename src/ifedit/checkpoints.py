@@ -216,7 +216,7 @@ def _safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], bool]:
             names = file.keys()  # a safetensors handle is not iterable
             slices = {name: file.get_slice(name) for name in names}
             formats = [bytes(file.get_tensor(name).tolist()) for name in slices if name.endswith(QUANT_FORMAT)]
-    except (OSError, ValueError, RuntimeError) as error:
+    except Exception as error:  # a damaged header fails inside the parser in its own ways (SafetensorError, ...)
         raise SetupError(f"cannot read {path} as a safetensors file: {_first_line(error)}") from None
     for text in formats:
         stored_as = _quant_format(path, text)
@@ -255,7 +255,7 @@ def _gguf_reader(path: Path):
         raise SetupError(f"GGUF experts need the gguf package: {install_command('gguf')}") from None
     try:
         return GGUFReader(path)
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # counts and offsets of a damaged file fail inside the reader (IndexError, ...)
         raise SetupError(f"cannot read {path} as a GGUF file: {_first_line(error)}") from None
 
 
