@@ -160,15 +160,50 @@ def test_sample_command_writes_the_scene(tmp_path, capsys):
     assert "output exists" in capsys.readouterr().err
 
 
+def test_sample_refuses_outs_it_cannot_use_in_one_line_and_keeps_what_was_there(tmp_path, capsys):
+    file, dangling, scene = tmp_path / "file", tmp_path / "dangling", tmp_path / "scene"
+    file.write_text("kept")
+    dangling.symlink_to(tmp_path / "nowhere")
+    cases = {
+        str(file): "is a file",
+        str(dangling): "is a link to nothing",
+        str(file / "scene"): "folder for --out is a file",
+        str(tmp_path / "missing" / "scene"): "folder for --out does not exist",
+        "/proc/self/scene": "cannot write into the output folder /proc/self",
+    }
+    for out, error in cases.items():
+        assert main(["toyworld", "sample", "--seed", "1000003", "--out", out]) == 2, out
+        message = capsys.readouterr().err
+        assert error in message and "Traceback" not in message and len(message.strip().splitlines()) == 1, message
+    assert file.read_text() == "kept" and not (tmp_path / "missing").exists()
+
+    # A case.json that cannot be replaced: refused before anything is written, the earlier scene kept whole.
+    assert main(["toyworld", "sample", "--seed", "1000003", "--out", str(scene)]) == 0
+    before = {path.name: path.read_bytes() for path in scene.iterdir()}
+    (scene / "case.json").unlink()
+    (scene / "case.json").mkdir()
+    assert main(["toyworld", "sample", "--seed", "1000004", "--out", str(scene), "--overwrite"]) == 2
+    assert "case.json is a folder" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in scene.iterdir() if path.is_file()} == {
+        name: content for name, content in before.items() if name != "case.json"
+    }
+    # A dangling link where an output goes is an existing output.
+    (scene / "case.json").rmdir()
+    (scene / "case.json").symlink_to(tmp_path / "nowhere")
+    assert main(["toyworld", "sample", "--seed", "1000004", "--out", str(scene)]) == 2
+    assert "output exists" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "option, value, error",
     [("--seed", "-5", "seed must be"), ("--out", "file", "is a file"),
-     ("--out", "under a file", "cannot create the output folder")],
+     ("--out", "under a file", "cannot create the output folder"),
+     ("--out", "under a missing folder", "folder for --out does not exist")],
 )  # fmt: skip
 def test_train_refuses_a_seed_or_folder_it_cannot_use_before_training(tmp_path, capsys, option, value, error):
     out, file = tmp_path / "toy", tmp_path / "file"
     file.write_text("kept")
-    named = {"file": str(file), "under a file": str(file / "toy")}
+    named = {"file": str(file), "under a file": str(file / "toy"), "under a missing folder": str(out / "a" / "b")}
     arguments = {"--out": str(out), option: named.get(value, value)}
     assert main(["toyworld", "train", *[part for pair in arguments.items() for part in pair]]) == 2
     message = capsys.readouterr().err

@@ -7,30 +7,41 @@ from pathlib import Path
 
 import PIL.Image
 
-from ..errors import InvalidInputError
-from ..io import atomic_path, save_image, save_json
+from ..errors import InvalidInputError, SetupError
+from ..io import check_writable, save_image, save_json, staged_outputs
 from .scenes import render_clip, sample_case
 
 SAMPLE_FILES = ("source.png", "target.png", "instruction.txt", "case.json")
 
 
 def write_sample(seed: int, out: Path, event: str | None = None, overwrite: bool = False) -> list[Path]:
-    """Write the scene's first frame, its ground-truth last frame, the instruction and the full case."""
+    """Write the scene's first frame, its ground-truth last frame, the instruction and the full case, together:
+    a failure or an interruption leaves none of them (and, with `overwrite`, the previous ones in place)."""
     if seed < 0:
         raise InvalidInputError(f"seed must be >= 0, got {seed}")
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"folder for --out does not exist: {out.parent}")
-    paths = [out / name for name in SAMPLE_FILES]
-    existing = [path for path in paths if path.exists()]
-    if existing and not overwrite:
-        raise InvalidInputError(f"output exists: {existing[0]} (pass --overwrite to replace it)")
-    out.mkdir(exist_ok=True)
+    if out.is_symlink() and not out.exists():
+        raise InvalidInputError(f"--out {out} is a link to nothing; name a folder")
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; name a folder")
+    if not out.exists() and not out.parent.is_dir():
+        what = "is a file" if out.parent.exists() else "does not exist"
+        raise InvalidInputError(f"folder for --out {what}: {out.parent}")
+    check_writable(out if out.is_dir() else out.parent)
+    paths = {name: out / name for name in SAMPLE_FILES}
+    for path in paths.values():
+        if path.is_dir():
+            raise InvalidInputError(f"output {path} is a folder; move it away or name another --out")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
     case = sample_case(seed, event)
     clip = render_clip(case)
-    source, target, instruction, record = paths
-    save_image(PIL.Image.fromarray(clip[0]), source)
-    save_image(PIL.Image.fromarray(clip[-1]), target)
-    with atomic_path(instruction) as temporary:
-        temporary.write_text(case.instruction + "\n", encoding="utf-8")
-    save_json(dataclasses.asdict(case), record)
-    return paths
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as error:
+        raise SetupError(f"cannot create {out}: {error.strerror or error}") from None
+    with staged_outputs(paths, overwrite=overwrite) as staged:
+        save_image(PIL.Image.fromarray(clip[0]), staged["source.png"])
+        save_image(PIL.Image.fromarray(clip[-1]), staged["target.png"])
+        staged["instruction.txt"].write_text(case.instruction + "\n", encoding="utf-8")
+        save_json(dataclasses.asdict(case), staged["case.json"])
+    return list(paths.values())

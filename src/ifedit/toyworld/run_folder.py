@@ -39,12 +39,14 @@ _RECORD_TEMPORARY = re.compile(r"\.(vae_losses|training)\.[0-9a-f]{16}\.tmp\.jso
 
 @contextlib.contextmanager
 def claimed(out: Path) -> Iterator[None]:
-    """Hold `out` for one training run: created if missing, refused when finished, when another run holds it, or
-    when it holds files of something other than an unfinished run (they would be overwritten); cleared of what a
-    killed run left half-written."""
+    """Hold `out` for one training run: created if missing (its parent must exist), refused when finished, when
+    another run holds it, or when it holds files of something other than an unfinished run (they would be
+    overwritten); cleared of what a killed run left half-written."""
     _refuse_finished(out)  # first, so that a finished folder we may not write to says so rather than the lock
+    if not out.parent.exists():  # a mistyped path is not worth hours of training in a folder nobody looks in
+        raise InvalidInputError(f"folder for --out does not exist: {out.parent}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
     except OSError as error:
         raise InvalidInputError(f"cannot create the output folder {out}: {error.strerror}") from None
     with folder_locked(out):
