@@ -3,6 +3,7 @@ download cache, and experts as single files (Wan's own names, bfloat16/float16, 
 
 import dataclasses
 import json
+import pickle
 import shutil
 
 import gguf
@@ -190,6 +191,31 @@ def test_lora_paths_given_without_a_source_folder_are_those_files(tiny_dirs, lor
     base = load_pipeline(recipe.with_loras(()), CPU)
     for expert in ("transformer", "transformer_2"):
         assert not torch.equal(_query(pipe, expert), _query(base, expert))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, tiny_dirs, source, capsys):
+    # A pickle runs code as it loads; this one would leave a file behind if it ever were.
+    planted = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(planted), "w"))
+
+    pickled = tmp_path / "lora.bin"
+    pickled.write_bytes(pickle.dumps(Payload()))
+    no_recipe = ("--no-refine", "--frames", "5", "--steps", "2", "--prompt-enhancer", "template")
+    code = _edit(source, tmp_path / "o.png", tiny_dirs["a14b"], "--lora-high", str(pickled), *no_recipe)
+    assert code == 2
+    assert "a LoRA is a .safetensors file" in capsys.readouterr().err
+
+    folder = tmp_path / "pickled-expert"
+    shutil.copytree(tiny_dirs["a14b"], folder)
+    for weights in (folder / "transformer_2").glob("*.safetensors"):
+        weights.unlink()
+    (folder / "transformer_2" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(SetupError, match=r"could not load the pipeline in .*from .safetensors files only"):
+        load_pipeline(resolve_model(str(folder)).with_loras(()), CPU)
+    assert not planted.exists()
 
 
 def _cache_lightning(cache, lora_files) -> None:

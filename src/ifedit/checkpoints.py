@@ -162,6 +162,9 @@ def local_loras(preset: Preset, offline: bool) -> Preset:
     not in the cache stops the run before anything loads, with one line saying what to pass."""
     loras, missing = [], []
     for lora in preset.loras:
+        if not lora.weight_name.endswith(".safetensors"):
+            raise InvalidInputError(f"LoRA {lora.weight_name}: a LoRA is a .safetensors file (pickled .bin, .pt or "
+                                    ".ckpt files are never loaded: loading one can run its code)")  # fmt: skip
         file = Path(lora.weight_name).expanduser()
         if Path(lora.source).expanduser().is_dir():
             folder = Path(lora.source).expanduser() / (lora.subfolder or "")

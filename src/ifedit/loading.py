@@ -65,6 +65,7 @@ FLOAT32_COMPONENTS = ("vae", "image_encoder")
 # Weights kept in 8 bits between uses and cast up layer by layer to the compute dtype (half the experts' memory).
 STORAGE_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 EXPERTS = ("transformer", "transformer_2")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights as pickles, which run code as they load
 # Phrases of diffusers' and huggingface_hub's messages that speak of their own arguments or of a traceback the
 # command line never shows: such a message gives way to its cause's.
 LIBRARY_PHRASES = ("stacktrace above", "local_files_only")
@@ -650,13 +651,19 @@ def _from_pretrained(
             raise SetupError(f"could not load the pipeline in {model_id}: {error}") from None
     try:
         pipe = IFEditPipeline.from_pretrained(
-            os.path.expanduser(model_id), dtype=dtypes, local_files_only=local_files_only, **components
+            os.path.expanduser(model_id),
+            dtype=dtypes,
+            local_files_only=local_files_only,
+            use_safetensors=True,  # never a pickle (.bin, .pt): loading one can run its code
+            **components,
         )
         _check_complete(pipe, model_id)
         return pipe
     except (OSError, ValueError) as error:
         if is_local:
-            raise SetupError(f"could not load the pipeline in {model_id}: {_reason(error)}") from None
+            pickled = any(path.suffix in PICKLE_SUFFIXES for path in Path(model_id).expanduser().rglob("*"))
+            why = " (weights are read from .safetensors files only: a pickle can run code)" if pickled else ""
+            raise SetupError(f"could not load the pipeline in {model_id}: {_reason(error)}{why}") from None
         raise SetupError(_download_advice(model_id, error, local_files_only)) from None
     except (KeyError, TypeError, AttributeError, RecursionError) as error:
         # What diffusers raises for a config of the wrong shape (an entry missing, a list where it reads an object),

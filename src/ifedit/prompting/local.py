@@ -68,7 +68,7 @@ class LocalVLM:
         try:
             self.processor = load_processor(model_id, cache_only)
             self.model = AutoModelForImageTextToText.from_pretrained(
-                model_id, dtype=dtype, device_map=self.device, local_files_only=cache_only
+                model_id, dtype=dtype, device_map=self.device, local_files_only=cache_only, use_safetensors=True
             )
         except Exception as error:
             self.close()
