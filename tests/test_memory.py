@@ -201,6 +201,15 @@ def test_plan_command_fits_the_small_models_anywhere(model, capsys):
     assert json.loads(capsys.readouterr().out)["chosen"] == "resident"
 
 
+def test_a_plan_without_a_photo_sizes_the_clip_the_model_usually_edits(capsys):
+    sizes = {}
+    for model in ("paper", "toyworld"):
+        assert main(["plan", "--model", model, "--gpu-memory", "24", "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        sizes[model] = (plan["height"], plan["width"])
+    assert sizes == {"paper": (480, 832), "toyworld": (64, 64)}  # the toy world's scenes, not 48 x 88
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -243,11 +243,12 @@ def clip_for(
     frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
-    image_size: tuple[int, int] = (832, 480),
+    image_size: tuple[int, int] | None = None,
 ) -> Clip:
     """The clip an edit with `preset` runs: frames up to 4n + 1 and sides up to the model's multiple, quietly (the
     pipeline, which rounds to the nearest, says so itself); sides not given follow the preset's area at the photo's
-    aspect (`image_size`, width by height; 832 x 480 where the photo is not known yet)."""
+    aspect (`image_size`, width by height; the preset's usual photo where it is not known yet)."""
+    image_size = preset.usual_photo if image_size is None else image_size
     recipe = preset.recipe
     frames = recipe.num_frames if frames is None else frames
     frames = -(-max(frames - 1, 0) // size.vae_temporal) * size.vae_temporal + 1

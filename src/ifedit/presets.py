@@ -40,6 +40,8 @@ class Preset:
     lora_distilled: bool = False  # its steps and guidance are those its LoRAs were distilled for
     gpu_memory_gb: float = 0.0  # what one edit needs on a GPU without offloading; 0 = runs anywhere
     notes: str = ""
+    # The photo (width, height) memory plans assume before one is given: what the model is usually given.
+    usual_photo: tuple[int, int] = (832, 480)
 
     def with_loras(self, loras: tuple[LoraWeights, ...]) -> Preset:
         return dataclasses.replace(self, loras=loras)
@@ -152,6 +154,7 @@ PRESETS: dict[str, Preset] = {
                 refine=False,
             ),
             notes="see `ifedit toyworld --help` and `ifedit demo`",
+            usual_photo=(64, 64),  # its scenes
         ),
         Preset(
             name="debug-tiny",

@@ -26,7 +26,12 @@ def register(commands) -> None:
     plan.add_argument("--host-memory", type=finite_float, metavar="GB", help="free host memory in GiB (default: "
                       "not checked)")  # fmt: skip
     plan.add_argument("--frames", type=int, help="video frames, 4n+1 (default: the preset's)")
-    plan.add_argument("--height", type=int, help="video height in px (default: the preset's area at 480 x 832)")
+    plan.add_argument(
+        "--height",
+        type=int,
+        help="video height in px (default: the preset's area at the aspect of "
+        "its usual photo, 832 x 480; toyworld's 64 x 64)",
+    )
     plan.add_argument("--width", type=int, help="video width in px")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(func=run)
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                          "and pass the folder, or name a preset")  # fmt: skip
     recipe = preset.recipe
     frames = round_frames(recipe.num_frames if args.frames is None else args.frames, size.vae_temporal)
-    height, width = fit_size((832, 480), args.height, args.width, recipe.max_area, size.size_multiple)
+    height, width = fit_size(preset.usual_photo, args.height, args.width, recipe.max_area, size.size_multiple)
     plan = plan_memory(size, clip_for(preset, size, frames, height, width), args.gpu_memory, args.host_memory)
     if args.json:
         print(json.dumps({"model": args.model, "model_id": preset.model_id, **plan.to_dict()}, indent=2))
