@@ -120,7 +120,9 @@ def test_dtype_and_device_choices(tiny_dirs):
         resolve_dtype("fp8", torch.device("cpu"))
     with pytest.raises(InvalidInputError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
-    with pytest.raises(InvalidInputError, match="--offload model moves weights to an accelerator"):
+    with pytest.raises(
+        InvalidInputError, match=r"--offload model \(offload='model'\) moves weights to an accelerator"
+    ):
         load_pipeline(custom_preset(tiny_dirs["a14b"]), LoadOptions(device="cpu", offload="model"))
 
 
@@ -283,7 +285,9 @@ def test_after_running_out_of_memory_auto_retries_one_tier_leaner_and_asked_tier
 
 
 def test_memory_tiers_that_offload_need_a_gpu_device():
-    with pytest.raises(InvalidInputError, match="--memory group moves weights to an accelerator; it needs a GPU"):
+    with pytest.raises(
+        InvalidInputError, match=r"--memory group \(memory='group'\) moves weights to an accelerator; it needs a GPU"
+    ):
         check_placement(get_preset("debug-tiny"), LoadOptions(device="cpu", memory="group"))
     with pytest.raises(InvalidInputError, match="^unknown memory plan 'fp4'; use auto, resident, model, fp8-model, "
                        "group, gguf, sequential$"):  # fmt: skip

@@ -233,9 +233,13 @@ def test_batch_stops_calling_a_failed_server(server, image):
 
 
 def test_misconfigured_api_is_an_input_error(image, monkeypatch):
-    with pytest.raises(InvalidInputError, match="needs a server: pass api_base_url or set IFEDIT_VLM_BASE_URL"):
+    with pytest.raises(
+        InvalidInputError, match=r"needs a server: pass --vlm-base-url \(api_base_url\) or set IFEDIT_VLM_BASE_URL"
+    ):
         enhance(image, "make it blue", enhancer="api")
-    with pytest.raises(InvalidInputError, match="needs a model name: pass api_model or set IFEDIT_VLM_MODEL"):
+    with pytest.raises(
+        InvalidInputError, match=r"needs a model name: pass --vlm-api-model \(api_model\) or set IFEDIT_VLM_MODEL"
+    ):
         enhance(image, "make it blue", enhancer="api", api_base_url="http://127.0.0.1:9/v1")
     monkeypatch.setenv("IFEDIT_VLM_BASE_URL", "ftp://example")
     with pytest.raises(InvalidInputError, match="must start with http:// or https://"):

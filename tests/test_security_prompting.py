@@ -369,7 +369,7 @@ def test_cache_entry_that_is_not_a_file_is_a_miss(chat_server, image, key, tmp_p
         ({"api_base_url": "http://exämple.com/v1"}, "must be ASCII without spaces or control characters"),
         ({"api_base_url": "http://127.0.0.1:port/v1"}, "needs a host and a valid port"),
         ({"api_base_url": "http:///v1"}, "needs a host and a valid port"),
-        ({"api_base_url": "http://[::1/v1"}, r"api_base_url is not a URL \(Invalid IPv6 URL\)"),
+        ({"api_base_url": "http://[::1/v1"}, r"--vlm-base-url \(api_base_url\) is not a URL \(Invalid IPv6 URL\)"),
     ],
 )
 def test_settings_that_would_break_the_request_are_input_errors(image, options, message):

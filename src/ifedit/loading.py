@@ -148,9 +148,11 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
     if options.offload is not None and options.offload not in OFFLOAD_CHOICES:
         raise InvalidInputError(f"unknown offload {options.offload!r}; use {', '.join(OFFLOAD_CHOICES)}")
     if options.offload not in (None, "none") and device.type == "cpu":
-        raise InvalidInputError(f"--offload {options.offload} moves weights to an accelerator; it needs a GPU device")
+        raise InvalidInputError(f"--offload {options.offload} (offload={options.offload!r}) moves weights to an "
+                               "accelerator; it needs a GPU device")  # fmt: skip
     if options.memory not in ("auto", "resident") and device.type == "cpu":
-        raise InvalidInputError(f"--memory {options.memory} moves weights to an accelerator; it needs a GPU device")
+        raise InvalidInputError(f"--memory {options.memory} (memory={options.memory!r}) moves weights to an "
+                               "accelerator; it needs a GPU device")  # fmt: skip
     if options.storage_dtype is not None and options.storage_dtype not in STORAGE_DTYPES:
         raise InvalidInputError(f"unknown storage dtype {options.storage_dtype!r}; use {', '.join(STORAGE_DTYPES)}")
     if options.first_block_cache is not None and not options.first_block_cache > 0:

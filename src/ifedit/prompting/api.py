@@ -57,6 +57,10 @@ def configured_base_url(base_url: str | None = None) -> str | None:
     return base_url or os.environ.get(ENV_BASE_URL) or None
 
 
+# How messages name the server setting: the flag of the command line, then the argument from Python.
+URL = "--vlm-base-url (api_base_url)"
+
+
 def resolve_settings(
     base_url: str | None = None,
     model: str | None = None,
@@ -68,13 +72,15 @@ def resolve_settings(
     """Fill in settings from the environment and check them; raise InvalidInputError naming what is missing."""
     base_url = configured_base_url(base_url)
     if not base_url:
-        raise InvalidInputError(f"the 'api' enhancer needs a server: pass api_base_url or set {ENV_BASE_URL}")
+        raise InvalidInputError(f"the 'api' enhancer needs a server: pass {URL} or set {ENV_BASE_URL}")
     if not base_url.startswith(("http://", "https://")):
-        raise InvalidInputError(f"api_base_url must start with http:// or https://, got {base_url!r}")
+        raise InvalidInputError(f"{URL} must start with http:// or https://, got {base_url!r}")
     _check_base_url(base_url)
     model = model or os.environ.get(ENV_MODEL)
     if not model:
-        raise InvalidInputError(f"the 'api' enhancer needs a model name: pass api_model or set {ENV_MODEL}")
+        raise InvalidInputError(
+            f"the 'api' enhancer needs a model name: pass --vlm-api-model (api_model) or set {ENV_MODEL}"
+        )
     if not timeout > 0:
         raise InvalidInputError(f"timeout must be positive, got {timeout}")
     if timeout > MAX_TIMEOUT_S:
@@ -85,7 +91,7 @@ def resolve_settings(
     if api_key and not all("!" <= char <= "~" for char in api_key):
         raise InvalidInputError(
             "the API key holds a space, a control or a non-ASCII character, which an HTTP header cannot carry; "
-            f"check api_key, {ENV_API_KEY} or OPENAI_API_KEY"
+            f"check --vlm-api-key (api_key), {ENV_API_KEY} or OPENAI_API_KEY"
         )
     return ApiSettings(base_url.rstrip("/"), model, api_key, timeout, max_retries, backoff)
 
@@ -94,24 +100,23 @@ def _check_base_url(base_url: str) -> None:
     """Refuse a base URL that the HTTP client cannot send, or one that would carry a password into records."""
     if not base_url.isascii() or any(char.isspace() or not char.isprintable() for char in base_url):
         raise InvalidInputError(
-            "api_base_url must be ASCII without spaces or control characters (percent-encode the others), "
-            f"got {base_url!r}"
+            f"{URL} must be ASCII without spaces or control characters (percent-encode the others), got {base_url!r}"
         )
     try:
         parts = urllib.parse.urlsplit(base_url)
     except ValueError as error:  # an unclosed IPv6 bracket
-        raise InvalidInputError(f"api_base_url is not a URL ({error}), got {base_url!r}") from None
+        raise InvalidInputError(f"{URL} is not a URL ({error}), got {base_url!r}") from None
     if parts.username is not None or parts.password is not None:
         raise InvalidInputError(
-            "api_base_url must not hold a user name or password (it is kept in records): "
-            f"pass the key as api_key or {ENV_API_KEY}"
+            f"{URL} must not hold a user name or password (it is kept in records): "
+            f"pass the key as --vlm-api-key (api_key) or {ENV_API_KEY}"
         )
     try:
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
         port_ok = False
     if not parts.hostname or not port_ok:
-        raise InvalidInputError(f"api_base_url needs a host and a valid port, got {base_url!r}")
+        raise InvalidInputError(f"{URL} needs a host and a valid port, got {base_url!r}")
 
 
 def image_data_url(image: PIL.Image.Image) -> str:
