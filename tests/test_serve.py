@@ -457,6 +457,18 @@ def test_with_a_key_only_requests_that_send_it_get_in(scene):
         assert echoed.status_code == 400 and error_of(echoed)["param"] == "***" and KEY not in echoed.text
 
 
+def test_the_toy_world_served_edits_as_its_command_line_does(scene):
+    # No --prompt-enhancer: the toy world gets its template without a VLM notice, and plans its own 64 x 64 clip.
+    args = build_parser().parse_args(["serve", "--model", "toyworld", "--steps", "2", "--frames", "5"])
+    with running(build_service(args)) as url:
+        answer = post_edit(url, scene)
+    assert answer.status_code == 200, answer.text
+    record = answer.json()["data"][0]["ifedit"]
+    assert record["prompt_enhancement"]["backend"] == "template" and record["prompt_enhancement"]["fallbacks"] == []
+    clip = record["memory_plan"]["planned_clip"]
+    assert (clip["height"], clip["width"]) == (64, 64)
+
+
 def test_health_says_503_until_the_model_has_loaded_and_deadlines_give_504(scene):
     args = serve_args("--timeout", "3")
     loaded = threading.Event()

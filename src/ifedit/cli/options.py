@@ -436,7 +436,7 @@ def with_lora_options(preset: Preset, args: argparse.Namespace) -> Preset:
 def prompt_options(args: argparse.Namespace) -> PromptOptions:
     """The prompt stage as the prompt-enhancement options ask: the one place they become `PromptOptions`."""
     return PromptOptions(
-        enhancer=args.prompt_enhancer,
+        enhancer=_enhancer_for(args),
         vlm_model=args.vlm,
         api_base_url=args.vlm_base_url,
         api_model=args.vlm_api_model,
@@ -452,8 +452,7 @@ def enhance(args: argparse.Namespace, image, text: str, device: str | None = Non
     """Run the prompt stage as the arguments ask (before any video model is loaded)."""
     from ..prompting import enhance
 
-    options = dataclasses.replace(prompt_options(args), enhancer=_enhancer_for(args))
-    return enhance(image, text, kind=args.input_kind, device=device, **options.kwargs())
+    return enhance(image, text, kind=args.input_kind, device=device, **prompt_options(args).kwargs())
 
 
 def _enhancer_for(args: argparse.Namespace) -> str:

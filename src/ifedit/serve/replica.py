@@ -48,6 +48,7 @@ PROMPT_OPTIONS = (
     "no_cache",
     "strict_prompt",
     "device",
+    "model",  # the toy world, trained on the offline template's wording, gets the template unless a VLM is named
 )
 
 
