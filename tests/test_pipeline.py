@@ -227,7 +227,7 @@ def test_default_size_follows_the_image(load_tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="ifedit"):
         result = pipe(tall, PROMPT, height=100, width=70, num_frames=6, num_inference_steps=2, refine=False)
     assert (result.height, result.width, result.num_frames) == (96, 64, 5)
-    assert "96x64 instead of 100x70" in caplog.text and "using 5 instead of 6" in caplog.text
+    assert "width 70 -> 64, height 100 -> 96 (64x96 px" in caplog.text and "using 5 instead of 6" in caplog.text
 
 
 def test_callback_sees_both_passes_and_can_interrupt(load_tiny, source_image):

@@ -41,8 +41,12 @@ def test_one_given_side_sets_the_other_by_aspect():
 def test_given_sides_are_rounded_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="ifedit"):
         assert fit_size((100, 100), 470, 830, 0, 16) == (464, 832)
-    assert "multiples of 16" in caplog.text and "464x832 instead of 470x830" in caplog.text
+    assert "multiples of 16 px" in caplog.text and "width 830 -> 832, height 470 -> 464 (832x464 px" in caplog.text
     assert fit_size((100, 100), 470, 830, 0, 32) == (480, 832)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ifedit"):  # only the side given is named; the other follows
+        assert fit_size((64, 64), 30, None, 0, 16) == (32, 32)
+    assert "height 30 -> 32 (32x32 px" in caplog.text and "width" not in caplog.text.split("(")[0]
 
 
 def test_sides_below_the_multiple_are_refused():

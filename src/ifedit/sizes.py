@@ -51,19 +51,23 @@ def fit_size(
                 fitted[0],
             )
         return fitted
+    asked = {"width": width, "height": height}
     if height is None:
         height = _round_to(width * aspect, multiple)
     if width is None:
         width = _round_to(height / aspect, multiple)
     rounded = _round_to(height, multiple), _round_to(width, multiple)
-    if rounded != (height, width):
+    fitted = {"width": rounded[1], "height": rounded[0]}
+    changed = [
+        f"{name} {value} -> {fitted[name]}" for name, value in asked.items() if value not in (None, fitted[name])
+    ]
+    if changed:
         logger.warning(
-            "height and width must be multiples of %d for this model: using %dx%d instead of %dx%d",
+            "sides must be multiples of %d px for this model: %s (%dx%d px, width x height)",
             multiple,
-            rounded[0],
+            ", ".join(changed),
             rounded[1],
-            height,
-            width,
+            rounded[0],
         )
     return rounded
 
