@@ -24,6 +24,7 @@ from ifedit.editor import Editor
 from ifedit.loading import LoadOptions
 from ifedit.presets import TOYWORLD_TRAINING_RECORD, TOYWORLD_WEIGHTS, edit_settings, get_preset
 from ifedit.toyworld.config import TrainConfig
+from ifedit.toyworld.demo import DEMO_EVENTS
 from ifedit.toyworld.evaluate import (
     QUALITY_SEED_START,
     quality_runs,
@@ -155,4 +156,14 @@ def test_demo_writes_a_row_per_event_and_says_how_many_met_their_target(tmp_path
     assert main(["demo", "-o", str(output)]) == 0
     picture = PIL.Image.open(output)
     assert picture.height % 6 == 0 and picture.height > picture.width > 3 * 160, "six source | edit | target rows"
-    assert "edits met their target" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "edits met their target" in said
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert [scene["event"] for scene in record["scenes"]] == list(DEMO_EVENTS)
+    assert f"{record['met_target']}/{record['edits']} edits met their target" in said
+    assert record["met_target"] == sum(scene["met_target"] for scene in record["scenes"])
+    assert all(scene["edit"]["prompt"] and "seed" in scene["edit"] for scene in record["scenes"])
+    # The picture and its record are one output: a second run refuses to replace either without --overwrite.
+    output.unlink()
+    assert main(["demo", "-o", str(output)]) == 2
+    assert "output exists" in capsys.readouterr().err and not output.exists()

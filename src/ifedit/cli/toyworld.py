@@ -69,13 +69,14 @@ def register(commands) -> None:
     train.add_argument("--seed", type=int, default=TrainConfig.seed, help="training seed (default: %(default)s)")
     demo = commands.add_parser(
         "demo",
-        help="edit a few toy-world scenes on the CPU and save a before/after/target picture",
-        description="Run the toy world's model on a handful of held-out scenes (under a minute on a CPU) and "
-        "write one picture: for each scene its source, the edit, and the ground-truth target.",
+        help="edit a few toy-world scenes on the CPU and save a before/after/target picture and its record",
+        description="Run the toy world's model on a handful of held-out scenes (about 10 s on a CPU) and "
+        "write one picture: for each scene its source, the edit, and the ground-truth target; beside it, the "
+        "picture's name with .json records each scene, its prompt, seed and settings, and whether it met its target.",
     )
     demo.add_argument("-o", "--output", default="ifedit_demo.png", help="picture to write (default: %(default)s)")
     demo.add_argument("--model", default="toyworld", help="the toy world model (default: the installed one)")
-    demo.add_argument("--overwrite", action="store_true", help="replace the picture if it exists")
+    demo.add_argument("--overwrite", action="store_true", help="replace the picture and its record if they exist")
     demo.set_defaults(func=_demo)
 
 
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, args.overwrite)
+    check_output_path(output.with_suffix(".json"), args.overwrite, suffixes=(".json",))  # the record beside it
     preset = resolve_model(args.model)
     if preset.name != "toyworld":  # its scenes mean nothing to another model, and its CPU run suits no other
         raise InvalidInputError(
@@ -116,5 +118,5 @@ def _demo(args: argparse.Namespace) -> int:
     quiet_libraries()
     from ..toyworld.demo import run_demo
 
-    run_demo(preset, output, log=lambda message: logger.info("%s", message))
+    run_demo(preset, output, log=lambda message: logger.info("%s", message), overwrite=args.overwrite)
     return 0
