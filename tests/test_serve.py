@@ -184,7 +184,12 @@ def test_a_client_that_gives_up_frees_its_place(server, scene):
         ({"response_format": "xml"}, "response_format must be b64_json or url, got 'xml'", "response_format"),
         ({"model": "dall-e-2"}, "model must be 'toyworld' (see GET /v1/models), got 'dall-e-2'", "model"),
         ({"seed": "-1"}, "seed must be between 0 and", "seed"),
-        ({"quality": "high"}, "unknown field 'quality'", "quality"),
+        (
+            {"quality": "high"},
+            "quality is one of OpenAI's settings that this server has no counterpart for",
+            "quality",
+        ),
+        ({"background": "transparent"}, "background is one of OpenAI's settings", "background"),
         # Every text reaches the prompt and the record: escape codes are refused before the request waits.
         ({"video_prompt": "evil\x1b]0;title\x07"}, "video_prompt: text holds the control character U+001B", None),
         ({"prompt": "turn \u202eleft"}, "prompt: text holds the control character U+202E", "prompt"),

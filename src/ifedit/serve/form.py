@@ -29,6 +29,8 @@ MAX_TEXT_CHARS = 4000
 # both, and one request must not take the replica down for everyone.
 LIMIT_FACTOR = 4
 OPENAI_FIELDS = ("prompt", "model", "n", "size", "response_format", "user")
+# OpenAI's image-edit settings this server has no counterpart for: refused by name rather than quietly ignored.
+OPENAI_ONLY_FIELDS = ("quality", "background", "output_format", "output_compression", "input_fidelity", "stream")
 BOOLEAN_FIELDS = ("fast", "refine")
 SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 # How the command line's messages name an option: "argument --tld-history: ...", "--steps must be ...".
@@ -120,6 +122,10 @@ def parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Nam
 
 def _parse_form(fields: Mapping[str, str], preset: Preset, defaults: argparse.Namespace, model: str) -> EditRequest:
     unknown = sorted(set(fields) - set(FIELDS))
+    for name in unknown:
+        if name in OPENAI_ONLY_FIELDS:
+            message = f"{name} is one of OpenAI's settings that this server has no counterpart for; leave it out"
+            raise FieldError(message, name)
     if unknown:
         raise FieldError(
             f"unknown field {unknown[0]!r}: this server takes image, {', '.join(OPENAI_FIELDS)} and ifedit's "
