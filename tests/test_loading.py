@@ -52,7 +52,7 @@ def test_paper_preset_holds_the_recipe():
     assert kwargs["num_inference_steps"] == 8 and kwargs["tld_stride"] == 3 and kwargs["sigma_schedule"] == "uniform"
 
 
-def test_resolve_model(tmp_path, tiny_dirs):
+def test_resolve_model(tmp_path, tiny_dirs, monkeypatch):
     assert resolve_model("paper").name == "paper"
     assert resolve_model("Wan-AI/Wan2.2-TI2V-5B-Diffusers").name == "wan2.2-ti2v-5b"
     assert resolve_model("Wan-AI/Wan2.2-I2V-A14B-Diffusers").name == "wan2.2-i2v-a14b"  # the LoRA-free preset
@@ -69,6 +69,13 @@ def test_resolve_model(tmp_path, tiny_dirs):
     (tmp_path / "weights.safetensors").write_bytes(b"")
     with pytest.raises(InvalidInputError, match="is a file, not a pipeline folder"):  # not a Hub id to download
         resolve_model(str(tmp_path / "weights.safetensors"))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "loop").symlink_to("loop")  # "models/loop" would otherwise read as a Hub id
+    (tmp_path / "models" / "gone").symlink_to(tmp_path / "nowhere")
+    monkeypatch.chdir(tmp_path)
+    for link in ("models/loop", "models/gone"):  # relative, they would read as Hub ids
+        with pytest.raises(InvalidInputError, match="is a link that leads to no folder"):
+            resolve_model(link)
     with pytest.raises(InvalidInputError, match="unknown preset 'fast'; choose one of paper"):
         get_preset("fast")
 

@@ -282,6 +282,8 @@ def resolve_model(model: str) -> Preset:
             f"model {model} is a file, not a pipeline folder: give the folder holding model_index.json (a single "
             "expert file goes to --transformer / --transformer-2)"
         )
+    if Path(model).expanduser().is_symlink():  # not a Hub id that happens to be a broken path
+        raise InvalidInputError(f"model {model} is a link that leads to no folder (dangling, or a loop)")
     if model.count("/") == 1 and not model.startswith((".", "/")):
         return preset_for_model_id(model) or custom_preset(model)
     raise InvalidInputError(
