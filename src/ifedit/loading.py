@@ -129,7 +129,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device, torch.dtype]:
-    """The device and dtype `options` ask for, refused up front when the preset cannot run there."""
+    """The device and dtype `options` ask for, refused up front (before any prompt stage or loading) when the preset
+    cannot run there: no GPU for a GPU model, options that contradict each other, expert or LoRA files missing or
+    unfit, a model too large for the free memory, or one the Hub cannot give."""
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     if preset.gpu_memory_gb and device.type == "cpu" and options.device == "auto":
@@ -166,8 +168,17 @@ def check_placement(preset: Preset, options: LoadOptions) -> tuple[torch.device,
     if options.fp8_compute:
         check_fp8_compute(device)
     options = _cache_when_offline(preset, options)
-    _check_experts(options, expert_files(preset, options))
+    experts = expert_files(preset, options)
+    _check_experts(options, experts)
     local_loras(preset, offline=_offline(preset, options))  # a missing LoRA stops here, before anything loads
+    # Said now rather than after the prompt stage (a local VLM: minutes) has run for nothing: a model this machine
+    # cannot hold (where its size is known without its files), then one missing from the download cache.
+    size = model_size(preset, experts) if options.memory == "auto" else None
+    if size is not None:
+        plan_placement(preset, options, device, dtype, size)
+    hub_id = preset.model_id if preset.model_id and not hub.is_folder(preset.model_id) else None
+    if options.local_files_only and hub_id and not hub.is_downloaded(hub_id, "model_index.json"):
+        raise SetupError(_download_advice(hub_id, FileNotFoundError("not downloaded"), True))
     return device, dtype
 
 
