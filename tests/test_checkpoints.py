@@ -342,7 +342,11 @@ def test_expert_files_that_do_not_fit_the_model_are_one_line_errors(tmp_path, ti
         ("extra.safetensors", SetupError, r"it has blocks\.0\.attn1\.extra\.weight, which the model has not$"),
         ("notes.txt", InvalidInputError, r"^--transformer .*notes.txt: an expert checkpoint is a \.safetensors or"),
         ("missing.gguf", InvalidInputError, r"^--transformer .*missing.gguf: no such file$"),
+        ("loop.safetensors", InvalidInputError, r"^--transformer .*loop.safetensors: a link to nothing"),
+        ("folder.safetensors", InvalidInputError, r"^--transformer .*folder.safetensors: not a regular file$"),
     ]
+    (tmp_path / "loop.safetensors").symlink_to("loop.safetensors")
+    (tmp_path / "folder.safetensors").mkdir()
     for name, error, message in cases:
         with pytest.raises(error, match=message):
             check_placement(resolve_model(tiny_dirs["a14b"]).with_loras(()),

@@ -69,6 +69,9 @@ def test_missing_unreadable_and_non_image_files_are_named(tmp_path):
         load_image(tmp_path / "nope.png")
     with pytest.raises(InvalidInputError, match="image path is not a file"):
         load_image(tmp_path)
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    with pytest.raises(InvalidInputError, match="image .*loop.png is a link to nothing"):
+        load_image(tmp_path / "loop.png")
     text = tmp_path / "notes.png"
     text.write_text("this is not an image")
     with pytest.raises(InvalidInputError, match="not an image file: .*notes.png"):

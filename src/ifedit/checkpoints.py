@@ -98,7 +98,9 @@ def check_expert_file(path: str, flag: str) -> Path:
     """The file given to --transformer/--transformer-2, refused up front unless it can be an expert checkpoint."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise InvalidInputError(f"{flag} {path}: no such file")
+        what = ("a link to nothing (dangling, or a loop)" if file.is_symlink() and not file.exists()
+                else "not a regular file" if file.exists() else "no such file")  # fmt: skip
+        raise InvalidInputError(f"{flag} {path}: {what}")
     if file.suffix not in EXPERT_SUFFIXES:
         raise InvalidInputError(f"{flag} {path}: an expert checkpoint is a .safetensors or a .gguf file")
     return file

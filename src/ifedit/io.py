@@ -54,7 +54,9 @@ def load_image(path: str | os.PathLike, *, max_bytes: int | None = None, name: s
     except OSError as error:  # a name longer than the file system allows
         raise InvalidInputError(f"cannot open the image {shown}: {error.strerror or error}") from None
     if not found:
-        raise InvalidInputError(f"image file not found: {shown}")
+        broken = path.is_symlink() and name is None
+        raise InvalidInputError(f"image {shown} is a link to nothing (dangling, or a loop)" if broken else
+                                f"image file not found: {shown}")  # fmt: skip
     if not is_file:
         raise InvalidInputError(f"image path is not a file: {shown}")
     size = path.stat().st_size
