@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from chat_server import GOOD_ANSWER, Reply
-from ifedit.cli import main, recorded_argv
+from ifedit.cli import EXIT_INPUT, EXIT_SETUP, main, recorded_argv
 
 FAST = ["--steps", "4", "--frames", "9", "--height", "64", "--width", "96"]
 
@@ -192,6 +192,10 @@ def test_help_explains_the_options(capsys):
     for flag in ("--model", "--tld-stride", "--tld-threshold", "--no-refine", "--prompt", "--save-video",
                  "--save-frames", "--offload", "--seed", "--lora-scale"):  # fmt: skip
         assert flag in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"{EXIT_INPUT} bad input" in said and f"{EXIT_SETUP} a setup problem" in said  # the codes scripts test
 
 
 def test_installed_command_runs_the_smoke_test_preset(tmp_path, source):

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ifedit",
         description="Edit images with image-to-video diffusion models (IF-Edit, arXiv 2511.19435): the edit is "
         "generated as a short video that starts at your photo, and the result is read off its end.",
+        epilog=f"exit status: 0 done; {EXIT_INPUT} bad input (an option, a path, an image), said in one line before "
+        f"any work; {EXIT_SETUP} a setup problem (a missing extra, weights or GPU, a failed write or server); "
+        f"{EXIT_CASES_FAILED} `bench run` finished with failed cases; {EXIT_INTERRUPTED} interrupted (Ctrl-C; "
+        "128 + the signal's number for others), with no output half-written.",
     )
     parser.add_argument("--version", action="version", version=f"ifedit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
