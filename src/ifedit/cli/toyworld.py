@@ -39,9 +39,10 @@ def register(commands) -> None:
         "train",
         help="train the toy world's model from scratch (about four hours on 2 CPU cores)",
         description="Train the VAE, then its decoder alone, then the text encoder (which is then frozen), then "
-        "both experts, with fixed seeds, and save a pipeline folder that --model accepts. OUT must be new, empty or an interrupted run's "
-        "(whose VAE, once saved, the next run with the same VAE settings reuses); one run at a time may write into "
-        "it. Averaged expert weights are saved to OUT/snapshot every 1000 steps while training.",
+        "both experts, with fixed seeds, and save a pipeline folder that --model accepts. OUT must be new, empty "
+        "or an interrupted run's (whose VAE, once saved, the next run with the same VAE settings reuses); one run "
+        "at a time may write into it. Averaged expert weights are saved to OUT/snapshot every 1000 steps while "
+        "training.",
     )
     train.add_argument("--out", required=True, help="folder for the trained pipeline")
     train.add_argument(
