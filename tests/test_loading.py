@@ -12,7 +12,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from peft import LoraConfig, get_peft_model_state_dict
 
-from ifedit import IFEditPipeline
+from ifedit import IFEditPipeline, loading
 from ifedit.editor import Editor
 from ifedit.errors import InvalidInputError, SetupError
 from ifedit.loading import (
@@ -307,6 +307,18 @@ def test_a_model_larger_than_this_machines_memory_is_refused_before_loading(monk
     with pytest.raises(SetupError, match=r"needs about 1\d\d GiB of memory on cpu and \d+ GiB are free; pass "
                        "--memory resident to try anyway"):  # fmt: skip
         load_pipeline(get_preset("paper").with_loras(()), LoadOptions(device="cpu"))  # LoRAs are checked before
+
+
+def test_a_retry_loads_the_tier_it_was_given_though_a_fresh_plan_would_refuse(tiny_dirs, monkeypatch):
+    # After running out of memory the free memory has shrunk: a fresh --memory auto plan refuses (before anything
+    # loads, for every command), while the retry takes its leaner tier with a warning, as retries always have.
+    preset = custom_preset(tiny_dirs["a14b"])
+    failed = load_pipeline(preset, CPU).memory_plan
+    monkeypatch.setattr(loading, "available_host_gb", lambda: 0.001)
+    for refused in (lambda: check_placement(preset, CPU), lambda: load_pipeline(preset, CPU)):
+        with pytest.raises(SetupError, match="of memory on cpu and 0 GiB are free; pass --memory resident"):
+            refused()
+    assert load_pipeline(preset, CPU, retry=(failed, "resident")).memory_plan.mode == "retry"
 
 
 def test_the_placement_is_recorded_with_the_edit(tiny_dirs):

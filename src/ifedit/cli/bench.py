@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     from ..loading import check_placement
 
-    check_placement(preset, plan.load_options)
+    check_placement(preset, plan.load_options, plan_memory=args.ray is None)  # Ray workers plan on their machines
     summary = run(
         plan,
         ray_address=args.ray or None,

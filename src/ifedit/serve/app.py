@@ -62,8 +62,8 @@ DISCONNECT_POLL_SECONDS = 1.0  # how often a request waiting for its edit checks
 READ_SECONDS = 60
 MAX_READING = 16  # requests whose bodies are arriving at once (uploads are spooled to disk); more get 429
 # Of those, from one client address: a client stalling its uploads cannot take every place (a proxy in front, whose
-# connections all come from one address, passes on each client's own with X-Forwarded-For; see uvicorn's
-# --forwarded-allow-ips).
+# connections all come from one address, passes on each client's own with X-Forwarded-For, which uvicorn trusts
+# from the addresses in $FORWARDED_ALLOW_IPS, by default 127.0.0.1).
 MAX_READING_PER_CLIENT = MAX_READING // 2
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 # Jobs end in one of these; "queued" and "running" before.
