@@ -4,8 +4,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from ifedit.errors import InvalidInputError
-from ifedit.io import atomic_path, check_output_path, load_image, save_json, validate_image
+from ifedit.errors import InvalidInputError, SetupError
+from ifedit.io import atomic_path, check_output_path, load_image, save_json, staged_outputs, validate_image
 
 
 def _write(image: PIL.Image.Image, path, **kwargs):
@@ -135,3 +135,26 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
     save_json({"a": 1}, target)
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_an_overwrite_that_fails_puts_back_what_it_replaced_and_one_that_succeeds_leaves_nothing_else(tmp_path):
+    image, record = tmp_path / "o.png", tmp_path / "o.json"
+    image.write_bytes(b"old image")
+    old_inode = image.stat().st_ino
+    record.mkdir()  # a folder holds the record's name: its move fails after the image was placed
+    failure = f"cannot write {record}: Is a directory; the previous outputs are kept"
+    with (
+        pytest.raises(SetupError, match=failure),
+        staged_outputs({"image": image, "record": record}, overwrite=True) as staged,
+    ):
+        staged["image"].write_bytes(b"new image")
+        staged["record"].write_text("{}")
+    assert image.read_bytes() == b"old image" and image.stat().st_ino == old_inode  # the file itself, put back
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["o.json", "o.png"]  # no hidden second names
+
+    record.rmdir()
+    with staged_outputs({"image": image, "record": record}, overwrite=True) as staged:
+        staged["image"].write_bytes(b"new image")
+        staged["record"].write_text("{}")
+    assert image.read_bytes() == b"new image" and record.read_text() == "{}"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["o.json", "o.png"]

@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import resource
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -192,6 +196,17 @@ def test_sample_refuses_outs_it_cannot_use_in_one_line_and_keeps_what_was_there(
     (scene / "case.json").symlink_to(tmp_path / "nowhere")
     assert main(["toyworld", "sample", "--seed", "1000004", "--out", str(scene)]) == 2
     assert "output exists" in capsys.readouterr().err
+
+    # A disk that fills (here a file-size limit: EFBIG, as a full disk gives ENOSPC) leaves not even the new folder.
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    full = tmp_path / "full"
+    command = [sys.executable, "-m", "ifedit", "toyworld", "sample", "--seed", "1000003", "--out", str(full)]
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=small_files, timeout=120)
+    assert done.returncode == 1 and "no output was kept" in done.stderr and "Traceback" not in done.stderr
+    assert not full.exists()
 
 
 @pytest.mark.parametrize(

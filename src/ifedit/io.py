@@ -242,7 +242,7 @@ def staged_outputs(
     staged: dict[str, Path] = {}
     placed: list[Path] = []
     created: list[Path] = []
-    replaced: list[tuple[Path, Path]] = []  # (the previous file, kept aside under a hidden name; its output name)
+    replaced: dict[Path, Path] = {}  # output -> a hidden second name of the file it replaces
     try:
         for name, path in paths.items():
             suffix = "" if name in folders else path.suffix
@@ -263,21 +263,19 @@ def staged_outputs(
                 moves = [(temporary, paths[name])]
             for source, target in moves:
                 if overwrite and not target.is_dir() and (target.exists() or target.is_symlink()):
-                    previous = target.parent / f".{target.name}.{secrets.token_hex(8)}.old"
-                    os.replace(target, previous)
-                    replaced.append((previous, target))
+                    replaced[target] = _second_name(target)
                 _place(source, target, overwrite)
                 placed.append(target)
     except BaseException as error:
-        for target in placed:
-            target.unlink(missing_ok=True)
-        for previous, target in reversed(replaced):
-            with contextlib.suppress(OSError):
-                os.replace(previous, target)
+        had_previous = bool(replaced)
+        stranded = _roll_back(placed, replaced)
         for folder in created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        kept = "the previous outputs are kept" if replaced else "no output was kept"
+        if stranded:
+            kept = "could not put back " + ", ".join(f"{target} (it is {previous})" for target, previous in stranded)
+        else:
+            kept = "the previous outputs are kept" if had_previous else "no output was kept"
         if isinstance(error, FileExistsError):
             raise SetupError(
                 f"output exists: {error.filename} (written by another run meanwhile; pass --overwrite to replace "
@@ -294,14 +292,46 @@ def staged_outputs(
             raise SetupError(f"cannot write {place}: {reason}; {kept}") from None
         raise
     else:
-        for previous, _ in replaced:
-            previous.unlink(missing_ok=True)
+        for previous in replaced.values():
+            with contextlib.suppress(OSError):
+                previous.unlink()
     finally:
         for temporary in staged.values():
             if temporary.is_dir():
                 shutil.rmtree(temporary, ignore_errors=True)
             else:
                 temporary.unlink(missing_ok=True)
+
+
+def _second_name(output: Path) -> Path:
+    """A hidden second name for an output about to be replaced, so that a failure can put it back; the output keeps
+    its own name meanwhile, and one rename replaces it (a hard link, or a copy where the file system has none)."""
+    previous = output.parent / f".{output.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        os.link(output, previous, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(output, previous, follow_symlinks=False)
+    return previous
+
+
+def _roll_back(placed: list[Path], replaced: dict[Path, Path]) -> list[tuple[Path, Path]]:
+    """Undo the outputs placed so far: each new one removed, or the file it replaced renamed back over it. Returns
+    the (output, second name) of those that could not be put back."""
+    stranded = []
+    for target in placed:
+        previous = replaced.pop(target, None)
+        try:
+            if previous is None:
+                target.unlink(missing_ok=True)
+            else:
+                os.replace(previous, target)
+        except OSError:
+            if previous is not None:
+                stranded.append((target, previous))
+    for previous in replaced.values():  # outputs never reached still have their own content under their name
+        with contextlib.suppress(OSError):
+            previous.unlink()
+    return stranded
 
 
 def _place(source: Path, target: Path, overwrite: bool) -> None:

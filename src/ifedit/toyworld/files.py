@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -35,13 +36,20 @@ def write_sample(seed: int, out: Path, event: str | None = None, overwrite: bool
             raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
     case = sample_case(seed, event)
     clip = render_clip(case)
+    created = not out.exists()
     try:
         out.mkdir(exist_ok=True)
     except OSError as error:
         raise SetupError(f"cannot create {out}: {error.strerror or error}") from None
-    with staged_outputs(paths, overwrite=overwrite) as staged:
-        save_image(PIL.Image.fromarray(clip[0]), staged["source.png"])
-        save_image(PIL.Image.fromarray(clip[-1]), staged["target.png"])
-        staged["instruction.txt"].write_text(case.instruction + "\n", encoding="utf-8")
-        save_json(dataclasses.asdict(case), staged["case.json"])
+    try:
+        with staged_outputs(paths, overwrite=overwrite) as staged:
+            save_image(PIL.Image.fromarray(clip[0]), staged["source.png"])
+            save_image(PIL.Image.fromarray(clip[-1]), staged["target.png"])
+            staged["instruction.txt"].write_text(case.instruction + "\n", encoding="utf-8")
+            save_json(dataclasses.asdict(case), staged["case.json"])
+    except BaseException:
+        if created:  # nor the folder made for them
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return list(paths.values())
