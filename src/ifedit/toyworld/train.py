@@ -591,7 +591,7 @@ def trained_vae(out: Path, config: TrainConfig, log: Callable[[str], None]) -> t
     if losses is not None:
         log(f"reusing the trained VAE in {out / 'vae'}")
         try:
-            return AutoencoderKLWan.from_pretrained(out / "vae").eval(), losses
+            return AutoencoderKLWan.from_pretrained(out / "vae", use_safetensors=True).eval(), losses
         except (OSError, ValueError) as error:
             raise InvalidInputError(
                 f"the VAE saved in {out / 'vae'} cannot be read ({type(error).__name__}); remove {out / 'vae'} to "
