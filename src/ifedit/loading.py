@@ -128,13 +128,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_placement(
-    preset: Preset, options: LoadOptions, plan_memory: bool = True
-) -> tuple[torch.device, torch.dtype]:
+def check_placement(preset: Preset, options: LoadOptions, ahead: bool = True) -> tuple[torch.device, torch.dtype]:
     """The device and dtype `options` ask for, refused up front (before any prompt stage or loading) when the preset
     cannot run there: no GPU for a GPU model, options that contradict each other, expert or LoRA files missing or
-    unfit, a model too large for this machine's free memory (unless `plan_memory` is False: the model loads
-    elsewhere, or its loading plans itself), or one the Hub cannot give."""
+    unfit; and, `ahead` of a caller's other work (a prompt stage), what loading finds in its own order: a model too
+    large for this machine's free memory, then one the Hub cannot give (not for a model loaded elsewhere, nor by
+    `load_pipeline`, which plans itself)."""
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     if preset.gpu_memory_gb and device.type == "cpu" and options.device == "auto":
@@ -174,9 +173,11 @@ def check_placement(
     experts = expert_files(preset, options)
     _check_experts(options, experts)
     local_loras(preset, offline=_offline(preset, options))  # a missing LoRA stops here, before anything loads
+    if not ahead:
+        return device, dtype
     # Said now rather than after the prompt stage (a local VLM: minutes) has run for nothing: a model this machine
     # cannot hold (where its size is known without its files), then one missing from the download cache.
-    size = model_size(preset, experts) if plan_memory and options.memory == "auto" else None
+    size = model_size(preset, experts) if options.memory == "auto" else None
     if size is not None:
         plan_placement(preset, options, device, dtype, size)
     hub_id = preset.model_id if preset.model_id and not hub.is_folder(preset.model_id) else None
@@ -278,7 +279,7 @@ def load_pipeline(
     instead). The placement is kept as `pipe.memory_plan`, and which weights and scheduler ran as
     `pipe.weights_record`."""
     options = options or LoadOptions()
-    device, dtype = check_placement(preset, options, plan_memory=False)  # planned below, a retry's leaner tier too
+    device, dtype = check_placement(preset, options, ahead=False)  # planned below, a retry's leaner tier too
     options = _cache_when_offline(preset, options)
     preset = local_loras(preset, offline=_offline(preset, options))
     experts = expert_files(preset, options)

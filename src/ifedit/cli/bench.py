@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     from ..loading import check_placement
 
-    check_placement(preset, plan.load_options, plan_memory=args.ray is None)  # Ray workers plan on their machines
+    check_placement(preset, plan.load_options, ahead=args.ray is None)  # Ray workers check on their own machines
     summary = run(
         plan,
         ray_address=args.ray or None,
