@@ -304,9 +304,11 @@ def test_memory_tiers_that_offload_need_a_gpu_device():
 @pytest.mark.skipif((available_host_gb() or 0) > 100, reason="checks a machine with less memory than the model")
 def test_a_model_larger_than_this_machines_memory_is_refused_before_loading(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the check comes first: nothing is downloaded
-    with pytest.raises(SetupError, match=r"needs about 1\d\d GiB of memory on cpu and \d+ GiB are free; pass "
-                       "--memory resident to try anyway"):  # fmt: skip
+    too_large = r"needs about 1\d\d GiB of memory on cpu and \d+ GiB are free; pass --memory resident to try anyway"
+    with pytest.raises(SetupError, match=too_large):
         load_pipeline(get_preset("paper").with_loras(()), LoadOptions(device="cpu"))  # LoRAs are checked before
+    with pytest.raises(SetupError, match=too_large):  # ahead of a prompt stage too, before the missing download
+        check_placement(get_preset("paper").with_loras(()), LoadOptions(device="cpu"))
 
 
 def test_a_retry_loads_the_tier_it_was_given_though_a_fresh_plan_would_refuse(tiny_dirs, monkeypatch):
