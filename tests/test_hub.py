@@ -80,6 +80,7 @@ def test_a_local_vlm_not_downloaded_fails_at_once_saying_why(unreachable_hub, so
 def test_offline_covers_the_local_vlm_too(tmp_path, source, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "_probe", lambda endpoint: pytest.fail("--offline asked the Hub"))
+    monkeypatch.setattr(hub, "_probed", {})  # an earlier test's probe would make the reason "cannot be reached"
     code = main(["edit", str(source), "the square slides right", "-o", str(tmp_path / "out.png"), "--model",
                  "toyworld", "--prompt-enhancer", "local", "--vlm", "ifedit-test/absent-vlm", "--offline",
                  "--strict-prompt"])  # fmt: skip
