@@ -9,7 +9,7 @@ from pathlib import Path
 import PIL.Image
 
 from ..errors import InvalidInputError, SetupError
-from ..io import check_writable, save_image, save_json, staged_outputs
+from ..io import check_output_path, check_writable, save_image, save_json, staged_outputs
 from .scenes import render_clip, sample_case
 
 SAMPLE_FILES = ("source.png", "target.png", "instruction.txt", "case.json")
@@ -27,13 +27,12 @@ def write_sample(seed: int, out: Path, event: str | None = None, overwrite: bool
     if not out.exists() and not out.parent.is_dir():
         what = "is a file" if out.parent.exists() else "does not exist"
         raise InvalidInputError(f"folder for --out {what}: {out.parent}")
-    check_writable(out if out.is_dir() else out.parent)
     paths = {name: out / name for name in SAMPLE_FILES}
-    for path in paths.values():
-        if path.is_dir():
-            raise InvalidInputError(f"output {path} is a folder; move it away or name another --out")
-        if (path.exists() or path.is_symlink()) and not overwrite:
-            raise InvalidInputError(f"output exists: {path} (pass --overwrite to replace it)")
+    if out.is_dir():  # the checks every output gets (a new folder holds nothing to clash with)
+        for path in paths.values():
+            check_output_path(path, overwrite, suffixes=(path.suffix,))
+    else:
+        check_writable(out.parent)
     case = sample_case(seed, event)
     clip = render_clip(case)
     created = not out.exists()
