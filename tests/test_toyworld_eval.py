@@ -54,6 +54,25 @@ def test_each_setting_is_measured_on_the_same_scenes_and_paired_with_the_recipe(
     assert not save.is_symlink()
 
 
+def test_the_sampler_rows_are_paired_with_the_setting_named(tmp_path):
+    save = tmp_path / "eval.json"
+    result = run(
+        "--scenes", "2", "--paired-with", "no refinement", "--settings", "shift 3", "shift 8", "20 steps",
+        "--save", str(save),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| setting"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    assert "vs no refinement" in columns and "vs recipe" not in columns, columns
+    paired = columns.index("gain vs no refinement")
+    assert rows["no refinement"][paired] == "0.00 [0.00, 0.00]", "run though --settings left it out; with itself"
+    saved = json.loads(save.read_text())
+    assert list(saved) == ["no refinement", "20 steps", "shift 3", "shift 8"]  # the table's order, no recipe run
+    sharpness = {name: tuple(row["sharpness"] for row in saved[name]) for name in saved}
+    assert len(set(sharpness.values())) == 4, f"each row's sampler reached its edits: {sharpness}"
+
+
 def test_bad_input_is_one_line_and_nothing_runs(tmp_path, monkeypatch, capsys):
     # In this process: nine interpreters importing the model's libraries took a minute to say nine lines.
     script = runpy.run_path(str(SCRIPT), run_name="toyworld_eval")
@@ -67,6 +86,7 @@ def test_bad_input_is_one_line_and_nothing_runs(tmp_path, monkeypatch, capsys):
         (["--save", str(tmp_path / "folder.json")], "is a folder"),
         (["--save", "/proc/self/eval.json"], "cannot write into"),  # refused even for root, as a read-only mount
         (["--settings", "K=9"], "invalid choice"),
+        (["--paired-with", "K=9"], "invalid choice"),
         (["--seed-start", "999999"], "--seed-start must be at least 1000000 (lower seeds are training's)"),
     ):
         monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
