@@ -236,7 +236,12 @@ def main() -> None:
     for name in names:
         overrides, wording = SETTINGS[name]
         results[name] = evaluate(editor_for(name), cases, overrides, wording)
-        print(f"  {name}: success {np.mean([r.success for r in results[name]]):.2f}", flush=True)
+        line = f"  {name}: success {np.mean([r.success for r in results[name]]):.2f}"
+        if paired_with and name != paired_with:
+            line += " ({:+.2f} [{:+.2f}, {:+.2f}] vs {})".format(
+                *paired_difference(results[name], results[paired_with]), paired_with
+            )
+        print(line, flush=True)
     reference = results[paired_with] if paired_with else None
     ordered = [name for name in SETTINGS if name in results]
     print()

@@ -3,6 +3,7 @@ each setting it names, pairs every setting with the recipe on the same scenes, s
 bad input in one line before any edit runs."""
 
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -65,6 +66,10 @@ def test_the_sampler_rows_are_paired_with_the_setting_named(tmp_path):
     header = next(line for line in result.stdout.splitlines() if line.startswith("| setting"))
     columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
     assert "vs no refinement" in columns and "vs recipe" not in columns, columns
+    progress = re.search(
+        r"^  shift 8: success \d\.\d\d \([-+]\d\.\d\d \[.+\] vs no refinement\)$", result.stdout, re.M
+    )
+    assert progress, f"each row's line says how it compares as it finishes: {result.stdout}"
     paired = columns.index("gain vs no refinement")
     assert rows["no refinement"][paired] == "0.00 [0.00, 0.00]", "run though --settings left it out; with itself"
     saved = json.loads(save.read_text())
