@@ -78,6 +78,21 @@ def test_the_sampler_rows_are_paired_with_the_setting_named(tmp_path):
     assert len(set(sharpness.values())) == 4, f"each row's sampler reached its edits: {sharpness}"
 
 
+def test_by_default_every_ablation_row_runs_and_no_sampler_row(tmp_path, monkeypatch):
+    script = runpy.run_path(str(SCRIPT), run_name="toyworld_eval")
+    copying = script["evaluate"]
+    # Each setting is measured by copying the source (a second's work for the whole table): what is under test
+    # is which settings run, read back from the saved results.
+    replaced = lambda editor, cases, overrides, wording: copying(editor, cases, None, "")  # noqa: E731
+    monkeypatch.setitem(script["main"].__globals__, "evaluate", replaced)  # runpy returns a copy of the globals
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--scenes", "1", "--save", str(tmp_path / "eval.json")])
+    script["main"]()
+    ran = list(json.loads((tmp_path / "eval.json").read_text()))
+    assert "recipe" in ran and "no refinement" in ran and "K=4" in ran and "guidance 3.5" in ran, ran
+    assert not {"20 steps", "shift 3", "shift 8", "default spacing"} & set(ran), "the sampler's rows run when named"
+    assert len(ran) == 17, ran
+
+
 def test_bad_input_is_one_line_and_nothing_runs(tmp_path, monkeypatch, capsys):
     # In this process: nine interpreters importing the model's libraries took a minute to say nine lines.
     script = runpy.run_path(str(SCRIPT), run_name="toyworld_eval")
