@@ -241,7 +241,7 @@ def main() -> None:
     # The reference first, so the others' lines can say how they compare as they finish.
     paired_with = args.paired_with or (RECIPE if RECIPE in args.settings else None)
     names = [paired_with] if paired_with else []
-    names += [name for name in args.settings if name != paired_with]
+    names += [name for name in dict.fromkeys(args.settings) if name != paired_with]  # each once
     results: dict[str, list[SceneEdit]] = {}
     for name in names:
         overrides, wording = SETTINGS[name]
