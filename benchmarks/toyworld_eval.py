@@ -76,7 +76,7 @@ SETTINGS: dict[str, tuple[dict | None, str]] = {
     "no guidance": ({**ON, "guidance_scale": 1.0, "guidance_scale_2": 1.0}, "template"),
     "guidance 3.5": ({**ON, "guidance_scale": 3.5, "guidance_scale_2": 3.5}, "template"),
     # The `toyworld` preset's sampler (12 steps, noise levels spaced evenly after a shift of 5) against others:
-    # run when named (SAMPLER), paired with "no refinement" in the README's table of them.
+    # run only when named (SAMPLER); the README pairs them with "no refinement", the preset's own settings.
     "20 steps": ({**OFF, "num_inference_steps": 20}, "template"),
     "shift 3": (OFF, "template"),
     "shift 8": (OFF, "template"),
@@ -231,7 +231,7 @@ def main() -> None:
 
     def editor_for(name: str) -> Editor:
         changes = PRESET_CHANGES.get(name, {})
-        key = repr(sorted(changes.items()))
+        key = repr(sorted(changes.items()))  # rows with the same model settings share one loaded pipeline
         if key not in editors:
             editors[key] = Editor(dataclasses.replace(preset, **changes), LoadOptions(device="cpu"))
             editors[key].pipe.set_progress_bar_config(disable=True)
